@@ -1,0 +1,72 @@
+"""giftcard-provider: a VTEX Gift Card Provider Protocol service on a Redis ledger."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import redis
+from flask import Flask
+
+from .api import Api, error_response
+from .auth import check_credentials
+from .config import Settings
+from .errors import ProviderError
+from .jsonio import DecimalJSONProvider
+from .links import Links
+from .store import LedgerStore, connect
+
+log = logging.getLogger(__name__)
+_SLASHES = re.compile(r"/{2,}")
+
+
+def _collapse_slashes(wsgi_app):
+    """Route "//giftcards/..." like "/giftcards/...": the Hub has been seen to double them."""
+
+    def middleware(environ, start_response):
+        environ["PATH_INFO"] = _SLASHES.sub("/", environ.get("PATH_INFO", ""))
+        return wsgi_app(environ, start_response)
+
+    return middleware
+
+
+def create_app(settings: Settings | None = None, redis_client: redis.Redis | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.json = DecimalJSONProvider(app)
+    app.config.update(
+        SETTINGS=settings,
+        MAX_CONTENT_LENGTH=settings.max_content_length,
+        API_TITLE="Gift Card Provider",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+    )
+    store = LedgerStore(redis_client or connect(settings), settings)
+    app.extensions["giftcard_provider"] = {"store": store, "links": Links(settings.href_prefix)}
+
+    app.before_request(check_credentials)
+    app.register_error_handler(ProviderError, error_response)
+
+    api = Api(app, spec_kwargs={"servers": [{"url": "/"}]})
+    for name, header in (("appKey", "X-PROVIDER-API-AppKey"), ("appToken", "X-PROVIDER-API-AppToken")):
+        api.spec.components.security_scheme(name, {"type": "apiKey", "in": "header", "name": header})
+    api.spec.options["security"] = [{"appKey": [], "appToken": []}]
+
+    from .blueprints import giftcards, operations, probes, transactions
+
+    for blp in (giftcards.blp, transactions.blp, operations.settlements, operations.cancellations):
+        api.register_blueprint(blp)
+    app.register_blueprint(probes.blp)
+
+    app.wsgi_app = _collapse_slashes(app.wsgi_app)
+    if settings.uses_demo_credentials:
+        log.warning(
+            "using demo credentials: X-PROVIDER-API-AppKey=%s X-PROVIDER-API-AppToken=%s "
+            "(set PROVIDER_API_APP_KEY / PROVIDER_API_APP_TOKEN for anything real)",
+            *settings.credentials[0],
+        )
+    return app

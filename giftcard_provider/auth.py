@@ -1,0 +1,36 @@
+"""X-PROVIDER-API-AppKey / AppToken check, run before anything else on protocol routes.
+
+VTEX's rule: missing credentials -> 401, wrong -> 403, both with an empty body.
+VTEX probes providers with wrong credentials; a 2xx there gets payments cancelled.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Response, current_app, request
+
+APP_KEY_HEADER = "X-PROVIDER-API-AppKey"
+APP_TOKEN_HEADER = "X-PROVIDER-API-AppToken"
+
+# Endpoints outside the protocol: probes and the API docs need no credentials.
+PUBLIC_ENDPOINTS = frozenset({"probes.health", "probes.ready", "api-docs.openapi_json", "api-docs.openapi_swagger_ui"})
+
+
+def _matches(given: bytes, expected: str) -> bool:
+    return hmac.compare_digest(given, expected.encode())
+
+
+def check_credentials() -> Response | None:
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    key = request.headers.get(APP_KEY_HEADER, "")
+    token = request.headers.get(APP_TOKEN_HEADER, "")
+    if not key or not token:
+        return Response(status=401)
+    given_key, given_token = key.encode(errors="replace"), token.encode(errors="replace")
+    # Compare against every pair, without stopping early: timing says nothing.
+    valid = False
+    for app_key, app_token in current_app.config["SETTINGS"].credentials:
+        valid |= _matches(given_key, app_key) & _matches(given_token, app_token)
+    return None if valid else Response(status=403)

@@ -1,0 +1,60 @@
+"""One flask-smorest blueprint per protocol resource, plus the helpers they share."""
+
+from __future__ import annotations
+
+import re
+
+from flask import current_app, request
+
+from ..config import Settings
+from ..errors import InvalidRequest
+from ..links import Links
+from ..money import Amount
+from ..store import LedgerStore
+
+_RANGE = re.compile(r"^\s*\w*\s*=?\s*(\d+)\s*-\s*(\d+)\s*$")
+MAX_PAGE = 1000
+
+
+def ledger() -> LedgerStore:
+    return current_app.extensions["giftcard_provider"]["store"]
+
+
+def links() -> Links:
+    return current_app.extensions["giftcard_provider"]["links"]
+
+
+def settings() -> Settings:
+    return current_app.config["SETTINGS"]
+
+
+def within_limit(amount: Amount) -> Amount:
+    """The configured per-operation ceiling (MAX_TRANSACTION_AMOUNT, major units)."""
+    ceiling = settings().max_transaction_amount
+    if amount.coefficient > ceiling * 10**amount.scale:
+        raise InvalidRequest(
+            f"value is above the maximum of {ceiling}",
+            code="invalid_amount",
+            errors={"json": {"value": [f"Must not exceed {ceiling}."]}},
+        )
+    return amount
+
+
+def requested_range(default_last: int) -> tuple[int, int]:
+    """REST-Range: resources=FROM-TO (inclusive), leniently parsed; at most MAX_PAGE items."""
+    match = _RANGE.match(request.headers.get("REST-Range", ""))
+    start, stop = (int(match[1]), int(match[2])) if match else (0, default_last)
+    stop = max(start, min(stop, start + MAX_PAGE - 1))
+    return start, stop
+
+
+def content_range(start: int, shown: int, total: int) -> dict[str, str]:
+    """VTEX's REST-Content-Range: "resources FROM-TO/TOTAL"."""
+    last = start + shown - 1 if shown else start
+    return {"REST-Content-Range": f"resources {start}-{last}/{total}"}
+
+
+def email_or_id(value: str | None) -> str:
+    """Identities are compared case-insensitively when they are e-mail addresses."""
+    value = (value or "").strip()
+    return value.lower() if "@" in value else value

@@ -1,0 +1,83 @@
+"""Transactions: create (Debit holds, Credit loads), list, read, authorization."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+
+from schemas.transactions import OperationSchema, TransactionRefSchema, TransactionRequestSchema, TransactionSchema
+
+from ..api import Blueprint
+from ..money import to_major
+from . import content_range, email_or_id, ledger, links, requested_range, within_limit
+
+blp = Blueprint(
+    "transactions",
+    __name__,
+    url_prefix="/giftcards/<giftCardId>/transactions",
+    description="Create, list and read a card's transactions.",
+)
+
+
+def transaction_ref(card_id: str, tx_id: str) -> dict:
+    return {"cardId": card_id, "id": tx_id, "_self": {"href": links().transaction(card_id, tx_id)}}
+
+
+@blp.route("")
+class Transactions(MethodView):
+    @blp.arguments(TransactionRequestSchema)
+    @blp.response(200, TransactionRefSchema)
+    def post(self, body, giftCardId):
+        """Authorize a Debit (the value is held at once) or apply a Credit.
+
+        Idempotent by requestId: a repeat returns the original transaction; the
+        same requestId with another operation or value is a 409.
+        """
+        order = body.get("orderInfo") or {}
+        profile = order.get("clientProfile") or {}
+        _, tx_id, _ = ledger().authorize(
+            giftCardId,
+            operation=body["operation"],
+            amount=within_limit(body["value"]),
+            request_id=body["requestId"],
+            client=email_or_id(profile.get("email")),
+            token=body.get("redemptionToken") or "",
+            order_id=order.get("orderId") or "",
+        )
+        return transaction_ref(giftCardId, tx_id)
+
+    @blp.response(200, TransactionRefSchema(many=True))
+    def get(self, giftCardId):
+        """The card's transactions, oldest first (REST-Range honoured, up to 1000 at once)."""
+        start, stop = requested_range(default_last=999)
+        ids, total = ledger().transaction_ids(giftCardId, start, stop)
+        return [transaction_ref(giftCardId, i) for i in ids], 200, content_range(start, len(ids), total)
+
+
+@blp.route("/<transactionId>")
+class Transaction(MethodView):
+    @blp.response(200, TransactionSchema)
+    def get(self, giftCardId, transactionId):
+        """One transaction, with links to its settlements, cancellations and authorization."""
+        fields, exponent = ledger().transaction(giftCardId, transactionId)
+        return {
+            "id": transactionId,
+            "cardId": giftCardId,
+            "operation": fields["operation"],
+            "value": to_major(int(fields["value"]), exponent),
+            "date": fields["dateMs"],
+            "requestId": fields["requestId"],
+            "orderId": fields.get("orderId", ""),
+            "settlement": {"href": links().settlements(giftCardId, transactionId)},
+            "cancellation": {"href": links().cancellations(giftCardId, transactionId)},
+            "authorization": {"href": links().authorization(giftCardId, transactionId)},
+            "_self": {"href": links().transaction(giftCardId, transactionId)},
+        }
+
+
+@blp.route("/<transactionId>/authorization")
+class Authorization(MethodView):
+    @blp.response(200, OperationSchema)
+    def get(self, giftCardId, transactionId):
+        """The original authorization: the transaction's id, value and date."""
+        fields, exponent = ledger().transaction(giftCardId, transactionId)
+        return {"oid": transactionId, "value": to_major(int(fields["value"]), exponent), "date": fields["dateMs"]}

@@ -1,0 +1,101 @@
+"""Configuration, read from the environment in one place.
+
+Every setting has a local default so `flask run` works on a laptop with no
+accounts; `APP_ENV=production` turns the demo defaults for secrets into
+start-up errors instead. The README's configuration table mirrors this module.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from decimal import Decimal
+
+DEMO_APP_KEY = "demo-app-key"
+DEMO_APP_TOKEN = "demo-app-token"
+DEMO_CODE_HASH_SECRET = "demo-code-hash-secret"
+
+
+class ConfigError(RuntimeError):
+    """The environment does not describe a service that may start."""
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    """Parse "key1:token1,key2:token2" (extra credential pairs for rotation)."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, token = item.partition(":")
+        if not sep or not key or not token:
+            raise ConfigError(f"PROVIDER_API_EXTRA_CREDENTIALS: expected key:token, got {item!r}")
+        pairs.append((key, token))
+    return pairs
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_env: str = "development"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_socket_timeout: float = 0.5
+    redis_connect_timeout: float = 0.5
+    redis_retries: int = 1
+    redis_max_connections: int = 20
+    redis_ssl_cert_reqs: str = "required"
+    credentials: tuple[tuple[str, str], ...] = ((DEMO_APP_KEY, DEMO_APP_TOKEN),)
+    provider_id: str = "giftcard-provider"
+    href_prefix: str = ""
+    default_currency: str = "USD"
+    hold_lifetime_seconds: int = 7 * 24 * 3600
+    card_validity_days: int = 5 * 365
+    code_hash_secret: str = DEMO_CODE_HASH_SECRET
+    max_transaction_amount: Decimal = Decimal("1000000")
+    max_card_balance: Decimal = Decimal("1000000")
+    max_content_length: int = 64 * 1024
+    key_prefix: str = "gc"
+
+    @property
+    def production(self) -> bool:
+        return self.app_env == "production"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        get = env.get
+        key, token = get("PROVIDER_API_APP_KEY"), get("PROVIDER_API_APP_TOKEN")
+        app_env = get("APP_ENV", "development")
+        if bool(key) != bool(token):
+            raise ConfigError("PROVIDER_API_APP_KEY and PROVIDER_API_APP_TOKEN must be set together")
+        pairs = [(key, token)] if key else []
+        pairs += _pairs(get("PROVIDER_API_EXTRA_CREDENTIALS", ""))
+        secret = get("CODE_HASH_SECRET", "")
+        if app_env == "production":
+            if not pairs:
+                raise ConfigError("APP_ENV=production needs PROVIDER_API_APP_KEY and PROVIDER_API_APP_TOKEN")
+            if not secret:
+                raise ConfigError("APP_ENV=production needs CODE_HASH_SECRET")
+        try:
+            return cls(
+                app_env=app_env,
+                redis_url=get("REDIS_URL", cls.redis_url),
+                redis_socket_timeout=float(get("REDIS_SOCKET_TIMEOUT", cls.redis_socket_timeout)),
+                redis_connect_timeout=float(get("REDIS_CONNECT_TIMEOUT", cls.redis_connect_timeout)),
+                redis_retries=int(get("REDIS_RETRIES", cls.redis_retries)),
+                redis_max_connections=int(get("REDIS_MAX_CONNECTIONS", cls.redis_max_connections)),
+                redis_ssl_cert_reqs=get("REDIS_SSL_CERT_REQS", cls.redis_ssl_cert_reqs),
+                credentials=tuple(pairs) or cls.credentials,
+                provider_id=get("PROVIDER_ID", cls.provider_id),
+                href_prefix=get("HREF_PREFIX", cls.href_prefix).rstrip("/"),
+                default_currency=get("DEFAULT_CURRENCY", cls.default_currency).upper(),
+                hold_lifetime_seconds=int(get("HOLD_LIFETIME_SECONDS", cls.hold_lifetime_seconds)),
+                card_validity_days=int(get("CARD_VALIDITY_DAYS", cls.card_validity_days)),
+                code_hash_secret=secret or cls.code_hash_secret,
+                max_transaction_amount=Decimal(get("MAX_TRANSACTION_AMOUNT", cls.max_transaction_amount)),
+                max_card_balance=Decimal(get("MAX_CARD_BALANCE", cls.max_card_balance)),
+                max_content_length=int(get("MAX_CONTENT_LENGTH", cls.max_content_length)),
+                key_prefix=get("REDIS_KEY_PREFIX", cls.key_prefix),
+            )
+        except (ValueError, ArithmeticError) as exc:
+            raise ConfigError(f"invalid setting: {exc}") from exc
+
+    @property
+    def uses_demo_credentials(self) -> bool:
+        return self.credentials == ((DEMO_APP_KEY, DEMO_APP_TOKEN),)

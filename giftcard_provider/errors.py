@@ -1,0 +1,79 @@
+"""Domain errors, their HTTP status, and the one mapping from ledger reply codes."""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    """An error with a stable machine code, answered as JSON {code, message}."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, code: str | None = None, **details):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.details = details
+
+    def body(self) -> dict:
+        return {"code": self.code, "message": self.message, **self.details}
+
+
+class InvalidRequest(ProviderError):
+    status, code = 400, "invalid_request"
+
+
+class NotFound(ProviderError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ProviderError):
+    status, code = 409, "request_id_conflict"
+
+
+class Refused(ProviderError):
+    """A valid request the ledger refuses: nothing changed."""
+
+    status, code = 422, "refused"
+
+
+class StoreUnavailable(ProviderError):
+    status, code = 503, "store_unavailable"
+
+
+_REFUSALS = {
+    "card_blocked": "the card is blocked",
+    "card_inactive": "the card is deactivated",
+    "card_expired": "the card is past its expiring date",
+    "card_not_yet_valid": "the card is not valid before its emission date",
+    "owner_mismatch": "the card is restricted to its owner",
+    "token_mismatch": "redemptionToken does not match the card",
+    "redemption_used": "the card allows a single redemption and it has been used",
+    "credit_used": "the card allows a single credit and it has been used",
+    "insufficient_balance": "the card's available balance is lower than the value",
+    "balance_limit": "the credit would take the card above its balance limit",
+    "exceeds_settleable": "the value is more than the transaction has left to settle",
+    "exceeds_cancellable": "the value is more than the transaction has left to cancel",
+}
+
+
+def raise_for_reply(reply: list, what: str = "gift card") -> tuple[bool, list]:
+    """Turn a ledger.lua reply into (replayed, payload) or raise its domain error."""
+    status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+    if status in ("ok", "replay"):
+        return status == "replay", reply[1:]
+    if status == "not_found":
+        raise NotFound(f"{what} not found")
+    if status == "conflict":
+        field = reply[1].decode() if isinstance(reply[1], bytes) else reply[1]
+        raise Conflict(f"requestId was already used with a different {field}", field=field)
+    if status == "invalid_amount_precision":
+        raise InvalidRequest(
+            "value has more decimal places than the card's currency allows",
+            code="invalid_amount",
+            errors={"json": {"value": ["Too many decimal places for the card's currency."]}},
+        )
+    if status in _REFUSALS:
+        raise Refused(_REFUSALS[status], code=status)
+    raise ProviderError(f"unexpected ledger reply {status!r}")

@@ -1,0 +1,87 @@
+"""Redis key layout. Every key name is built here and nowhere else.
+
+All keys of one card carry the card id as a hash tag (``{C}``), so every Lua
+call on a card touches one slot and works unchanged on Redis Cluster::
+
+    gc:{C}:card                   hash    the card: currency, exponent, available and held
+                                          balances (integer minor units), status, owner,
+                                          validity window, journal sequence, counters
+    gc:{C}:txs                    list    transaction ids, oldest first
+    gc:{C}:tx:T                   hash    transaction T: operation, value, requestId, date,
+                                          held / settled / released / refunded (Debit) or
+                                          settled / cancelled (Credit), hold deadline
+    gc:{C}:tx:T:settlements       list    "oid|minor|dateMs|requestId|" per settlement, oldest first
+    gc:{C}:tx:T:cancellations     list    "oid|minor|dateMs|requestId|reason" per cancellation
+                                          (reason "expired" for a hold released by its deadline)
+    gc:{C}:tx:T:requests          hash    "settlement:<requestId>" / "cancellation:<requestId>"
+                                          -> "oid|minor|dateMs" (idempotency of T's operations)
+    gc:{C}:requests               hash    requestId -> "txId|operation|minor" (idempotency)
+    gc:{C}:holds                  zset    Debit transaction ids still holding money, by
+                                          hold deadline (epoch ms, Redis clock)
+    gc:{C}:journal                stream  one entry per money movement: seq, kind, tx, ref,
+                                          amount, available and held after it, at
+
+Global indexes (outside any card's slot; written only when a card is created)::
+
+    gc:code:<hmac>                string  card id, by HMAC-SHA256 of the normalised
+                                          redemption code (a dump leaks no spendable code)
+    gc:owner:<profileId>          set     ids of the cards owned by a profile (id or email)
+
+``gc`` is the configurable ``REDIS_KEY_PREFIX``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Ids we generate are hex; anything else in a path can never name a record, and
+# must not reach a key name (":" or "}" would point into another key).
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def is_valid_id(value: str) -> bool:
+    return _ID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "gc"
+
+    def card(self, card_id: str) -> str:
+        return f"{self.prefix}:{{{card_id}}}:card"
+
+    def transactions(self, card_id: str) -> str:
+        return f"{self.prefix}:{{{card_id}}}:txs"
+
+    def transaction(self, card_id: str, tx_id: str) -> str:
+        # ledger.lua derives this same name from card() when it expires holds.
+        return f"{self.prefix}:{{{card_id}}}:tx:{tx_id}"
+
+    def settlements(self, card_id: str, tx_id: str) -> str:
+        return f"{self.transaction(card_id, tx_id)}:settlements"
+
+    def cancellations(self, card_id: str, tx_id: str) -> str:
+        return f"{self.transaction(card_id, tx_id)}:cancellations"
+
+    def operation_requests(self, card_id: str, tx_id: str) -> str:
+        return f"{self.transaction(card_id, tx_id)}:requests"
+
+    def requests(self, card_id: str) -> str:
+        return f"{self.prefix}:{{{card_id}}}:requests"
+
+    def holds(self, card_id: str) -> str:
+        return f"{self.prefix}:{{{card_id}}}:holds"
+
+    def journal(self, card_id: str) -> str:
+        return f"{self.prefix}:{{{card_id}}}:journal"
+
+    def code_index(self, code_digest: str) -> str:
+        return f"{self.prefix}:code:{code_digest}"
+
+    def owner_index(self, profile_id: str) -> str:
+        return f"{self.prefix}:owner:{profile_id}"
+
+    def all_cards_pattern(self) -> str:
+        """For operators' SCAN (verify, sweeper): never used on a request path."""
+        return f"{self.prefix}:{{*}}:card"

@@ -1,0 +1,355 @@
+"""The ledger store: owns the Redis client and the ledger.lua function library.
+
+Views call the methods here; nothing else talks to Redis. Every write is one
+FCALL (one round trip); reads are one FCALL_RO or one pipeline, except search
+by code, which first resolves the code index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from .codes import CodeHasher, new_code, new_id, new_token, normalise
+from .config import Settings
+from .errors import InvalidRequest, NotFound, ProviderError, StoreUnavailable, raise_for_reply
+from .keys import Keys, is_valid_id
+from .money import Amount, exponent_of
+
+LIBRARY = (Path(__file__).parent / "lua" / "ledger.lua").read_text()
+
+# Redis errors that mean "the store cannot answer now": the caller gets a fast
+# 503 and may retry (every write is idempotent by requestId).
+UNAVAILABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+)
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A client with short timeouts and a small retry budget, so an outage is a quick 503."""
+    options = {}
+    if settings.redis_url.startswith("rediss://"):
+        options["ssl_cert_reqs"] = settings.redis_ssl_cert_reqs
+    return redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_connect_timeout,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), settings.redis_retries),
+        max_connections=settings.redis_max_connections,
+        health_check_interval=30,
+        **options,
+    )
+
+
+@contextlib.contextmanager
+def _translated_errors():
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        raise StoreUnavailable(f"the ledger store is unavailable ({type(exc).__name__})") from exc
+
+
+@dataclass(frozen=True)
+class Card:
+    id: str
+    fields: dict[str, str]
+    due_holds: int  # minor units of expired holds not yet released (see gc_read_card)
+    now_ms: int
+
+    @property
+    def exponent(self) -> int:
+        return int(self.fields["exponent"])
+
+    @property
+    def balance(self) -> int:
+        """Available balance in minor units, including holds past their deadline."""
+        return int(self.fields["available"]) + self.due_holds
+
+    @property
+    def usable(self) -> bool:
+        f = self.fields
+        return (
+            f["status"] == "active" and int(f["emissionMs"]) <= self.now_ms < int(f["expiringMs"]) and self.balance > 0
+        )
+
+    def visible_to(self, identities: set[str]) -> bool:
+        return self.fields.get("restrictedToOwner") != "1" or self.fields["profileId"] in identities
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A settlement, cancellation or authorization record: {oid, value, date}."""
+
+    oid: str
+    minor: int
+    date_ms: int
+    request_id: str = ""
+    reason: str = ""
+
+    @classmethod
+    def parse(cls, packed: str) -> Operation:
+        oid, minor, date_ms, request_id, reason = packed.split("|")
+        return cls(oid, int(minor), int(date_ms), request_id, reason)
+
+
+class LedgerStore:
+    def __init__(self, client: redis.Redis, settings: Settings):
+        self.redis = client
+        self.keys = Keys(settings.key_prefix)
+        self.hasher = CodeHasher(settings.code_hash_secret)
+        self.settings = settings
+        self._hold_ms = str(settings.hold_lifetime_seconds * 1000)
+        self._validity_ms = str(settings.card_validity_days * 86_400_000)
+
+    # -- plumbing -----------------------------------------------------------
+
+    def load_library(self) -> None:
+        with _translated_errors():
+            self.redis.function_load(LIBRARY, replace=True)
+
+    def _fcall(self, name: str, keys: list[str], args: list[str], *, readonly: bool = False):
+        call = self.redis.fcall_ro if readonly else self.redis.fcall
+        with _translated_errors():
+            try:
+                return call(name, len(keys), *keys, *args)
+            except redis.ResponseError as exc:
+                # A restarted or flushed Redis lost the library: load it and go on.
+                if "function not found" not in str(exc).lower():
+                    raise
+                self.load_library()
+                return call(name, len(keys), *keys, *args)
+
+    def _pipeline(self, build) -> list:
+        with _translated_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            build(pipe)
+            return pipe.execute()
+
+    def ping(self) -> bool:
+        return self._fcall("gc_ping", [], [], readonly=True) == "pong"
+
+    # -- cards --------------------------------------------------------------
+
+    def create_card(
+        self,
+        *,
+        relation_name: str,
+        caption: str,
+        profile_id: str,
+        currency: str,
+        restricted_to_owner: bool,
+        multiple_redemptions: bool,
+        multiple_credits: bool,
+        emission_ms: int | None,
+        expiring_ms: int | None,
+    ) -> tuple[Card, str]:
+        """Create a card with balance 0. Returns it with its full redemption code, shown once."""
+        exponent = exponent_of(currency)
+        limit = Amount.from_decimal(self.settings.max_card_balance).to_minor(exponent)
+        card_id, code, token = new_id(), new_code(), new_token()
+        fields = {
+            "currency": currency.upper(),
+            "exponent": str(exponent),
+            "balanceLimit": str(limit),
+            "relationName": relation_name,
+            "caption": caption,
+            "profileId": profile_id,
+            "restrictedToOwner": "1" if restricted_to_owner else "0",
+            "multipleRedemptions": "1" if multiple_redemptions else "0",
+            "multipleCredits": "1" if multiple_credits else "0",
+            "codeLast4": normalise(code)[-4:],
+            "token": token,
+        }
+        args = [
+            card_id,
+            "" if emission_ms is None else str(emission_ms),
+            "" if expiring_ms is None else str(expiring_ms),
+            self._validity_ms,
+            *(item for pair in fields.items() for item in pair),
+        ]
+        keys = [
+            self.keys.card(card_id),
+            self.keys.code_index(self.hasher.digest(code)),
+            self.keys.owner_index(profile_id),
+        ]
+        reply = self._fcall("gc_create_card", keys, args)
+        if reply[0] == "invalid_window":
+            raise InvalidRequest(
+                "expiringDate must be later than emissionDate and in the future",
+                errors={"json": {"expiringDate": ["Must be later than emissionDate and now."]}},
+            )
+        if reply[0] != "ok":  # an id or code collision among 2**128 / 30**20: retry is the cure
+            raise ProviderError(f"card creation collided ({reply[0]}); please retry")
+        created_ms, emission, expiring = (int(v) for v in reply[1:])
+        fields.update(
+            id=card_id,
+            emissionMs=str(emission),
+            expiringMs=str(expiring),
+            createdMs=str(created_ms),
+            available="0",
+            held="0",
+            status="active",
+        )
+        return Card(card_id, fields, 0, created_ms), code
+
+    def card(self, card_id: str) -> Card | None:
+        if not is_valid_id(card_id):
+            return None
+        reply = self._fcall("gc_read_card", [self.keys.card(card_id), self.keys.holds(card_id)], [], readonly=True)
+        return _card_from_reply(card_id, reply)
+
+    def find_by_code(self, code: str) -> Card | None:
+        """The card a redemption code names, or None. Two round trips: index, then card."""
+        if not normalise(code):
+            return None
+        with _translated_errors():
+            card_id = self.redis.get(self.keys.code_index(self.hasher.digest(code)))
+        return self.card(card_id) if card_id else None
+
+    def cards_of(self, identities: set[str]) -> list[Card]:
+        """Cards owned by any of the identities (client id, email), oldest first."""
+        with _translated_errors():
+            ids = sorted(self.redis.sunion([self.keys.owner_index(i) for i in identities]))
+        replies = self._pipeline(
+            lambda pipe: [pipe.fcall_ro("gc_read_card", 2, self.keys.card(i), self.keys.holds(i)) for i in ids]
+        )
+        cards = [_card_from_reply(i, r) for i, r in zip(ids, replies, strict=True)]
+        return sorted((c for c in cards if c), key=lambda c: int(c.fields["createdMs"]))
+
+    # -- transactions -------------------------------------------------------
+
+    def authorize(
+        self,
+        card_id: str,
+        *,
+        operation: str,
+        amount: Amount,
+        request_id: str,
+        client: str,
+        token: str,
+        order_id: str,
+    ) -> tuple[bool, str, int]:
+        """Create a Debit (hold) or Credit (load). Returns (replayed, transaction id, date ms)."""
+        self._require_id(card_id, "gift card")
+        tx_id = new_id()
+        k = self.keys
+        reply = self._fcall(
+            "gc_authorize",
+            [
+                k.card(card_id),
+                k.transactions(card_id),
+                k.requests(card_id),
+                k.journal(card_id),
+                k.holds(card_id),
+                k.transaction(card_id, tx_id),
+            ],
+            [tx_id, operation, *amount.ledger_args(), request_id, client, token, self._hold_ms, order_id],
+        )
+        replayed, (tx, date_ms) = raise_for_reply(reply)
+        return replayed, tx, int(date_ms)
+
+    def settle(self, card_id: str, tx_id: str, amount: Amount, request_id: str) -> tuple[bool, Operation, int]:
+        """Capture part of what a Debit holds. Returns (replayed, record, currency exponent)."""
+        return self._operate("gc_settle", self.keys.settlements, card_id, tx_id, amount, request_id)
+
+    def cancel(self, card_id: str, tx_id: str, amount: Amount, request_id: str) -> tuple[bool, Operation, int]:
+        """Release what is held, then refund what was settled. Returns (replayed, record, exponent)."""
+        return self._operate("gc_cancel", self.keys.cancellations, card_id, tx_id, amount, request_id)
+
+    def _operate(self, function, records_key, card_id, tx_id, amount, request_id):
+        self._require_id(card_id, "transaction")
+        self._require_id(tx_id, "transaction")
+        k = self.keys
+        reply = self._fcall(
+            function,
+            [
+                k.card(card_id),
+                k.transaction(card_id, tx_id),
+                k.operation_requests(card_id, tx_id),
+                records_key(card_id, tx_id),
+                k.journal(card_id),
+                k.holds(card_id),
+            ],
+            [new_id(), *amount.ledger_args(), request_id],
+        )
+        replayed, (oid, minor, date_ms, exponent) = raise_for_reply(reply, "transaction")
+        return replayed, Operation(oid, int(minor), int(date_ms), request_id), int(exponent)
+
+    def expire_holds(self, card_id: str) -> int:
+        """Release the card's holds past their deadline now. Returns how many were released."""
+        self._require_id(card_id, "gift card")
+        k = self.keys
+        reply = self._fcall("gc_expire_holds", [k.card(card_id), k.journal(card_id), k.holds(card_id)], [new_id()])
+        return int(raise_for_reply(reply)[1][0])
+
+    def transaction_ids(self, card_id: str, start: int, stop: int) -> tuple[list[str], int]:
+        """A page of the card's transaction ids (oldest first) and their total count."""
+        self._require_id(card_id, "gift card")
+        k = self.keys
+        exists, ids, total = self._pipeline(
+            lambda pipe: (
+                pipe.exists(k.card(card_id)),
+                pipe.lrange(k.transactions(card_id), start, stop),
+                pipe.llen(k.transactions(card_id)),
+            )
+        )
+        if not exists:
+            raise NotFound("gift card not found")
+        return ids, total
+
+    def transaction(self, card_id: str, tx_id: str) -> tuple[dict, int]:
+        """A transaction's stored fields and the card's currency exponent."""
+        self._require_id(card_id, "transaction")
+        self._require_id(tx_id, "transaction")
+        exponent, fields = self._pipeline(
+            lambda pipe: (
+                pipe.hget(self.keys.card(card_id), "exponent"),
+                pipe.hgetall(self.keys.transaction(card_id, tx_id)),
+            )
+        )
+        if not fields:
+            raise NotFound("transaction not found")
+        return fields, int(exponent)
+
+    def settlements(self, card_id: str, tx_id: str) -> tuple[list[Operation], int]:
+        return self._records(self.keys.settlements, card_id, tx_id)
+
+    def cancellations(self, card_id: str, tx_id: str) -> tuple[list[Operation], int]:
+        return self._records(self.keys.cancellations, card_id, tx_id)
+
+    def _records(self, records_key, card_id, tx_id):
+        self._require_id(card_id, "transaction")
+        self._require_id(tx_id, "transaction")
+        exponent, exists, packed = self._pipeline(
+            lambda pipe: (
+                pipe.hget(self.keys.card(card_id), "exponent"),
+                pipe.exists(self.keys.transaction(card_id, tx_id)),
+                pipe.lrange(records_key(card_id, tx_id), 0, -1),
+            )
+        )
+        if not exists:
+            raise NotFound("transaction not found")
+        return [Operation.parse(p) for p in packed], int(exponent)
+
+    @staticmethod
+    def _require_id(value: str, what: str) -> None:
+        if not is_valid_id(value):
+            raise NotFound(f"{what} not found")
+
+
+def _card_from_reply(card_id: str, reply: list) -> Card | None:
+    if reply[0] == "not_found":
+        return None
+    _, now_ms, due, *flat = reply
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    return Card(card_id, fields, int(due), int(now_ms))

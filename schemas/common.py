@@ -1,0 +1,67 @@
+"""Fields and bases shared by the protocol schemas."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields
+
+from giftcard_provider.money import Amount
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class RequestSchema(Schema):
+    """Base of every request body: unknown fields are dropped, not refused."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+
+class MoneyField(fields.Field):
+    """A JSON number in major units, kept exact.
+
+    Loads into :class:`~giftcard_provider.money.Amount` (the body parser hands
+    us a Decimal, never a float). Dumps an int or Decimal as a JSON number.
+    """
+
+    default_error_messages = {
+        "invalid": "Must be a JSON number.",
+        "amount": "{reason}.",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs) -> Amount:
+        if isinstance(value, bool) or not isinstance(value, int | Decimal):
+            raise self.make_error("invalid")
+        try:
+            return Amount.from_decimal(Decimal(value))
+        except ValueError as exc:
+            raise self.make_error("amount", reason=str(exc).capitalize()) from None
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return value
+
+
+class EpochMs(fields.Field):
+    """Epoch milliseconds out as ISO 8601 UTC: 1700000000123 -> "2023-11-14T22:13:20.123Z"."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is None:
+            return None
+        moment = _EPOCH + timedelta(milliseconds=int(value))
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def epoch_ms(moment: datetime) -> int:
+    """An aware datetime -> epoch milliseconds, exactly (no float on the way)."""
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def non_empty(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("Must not be blank.")
+
+
+class HrefSchema(Schema):
+    href = fields.String(required=True)

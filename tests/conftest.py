@@ -1,0 +1,76 @@
+"""Fixtures: an app per test on fakeredis or on a private real redis-server.
+
+Every Lua path must run on real Redis (Lua 5.1) and not only on fakeredis
+(lupa), so `backend` parametrises the store-level and HTTP tests over both.
+"""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+import redis
+
+from giftcard_provider import create_app
+from giftcard_provider.config import Settings
+
+from .hub import Hub
+from .redis_server import RedisServer
+
+APP_KEY, APP_TOKEN = "test-app-key", "test-app-token"
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def real_redis(redis_server):
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def backend(request):
+    """A clean Redis client of each kind."""
+    if request.param == "fakeredis":
+        yield fakeredis.FakeRedis(decode_responses=True)
+    else:
+        yield request.getfixturevalue("real_redis")
+
+
+def make_settings(**overrides) -> Settings:
+    base = Settings(credentials=((APP_KEY, APP_TOKEN), ("old-key", "old-token")), provider_id="test-provider")
+    return Settings(**{**base.__dict__, **overrides})
+
+
+@pytest.fixture
+def settings():
+    return make_settings()
+
+
+@pytest.fixture
+def app(backend, settings):
+    app = create_app(settings, redis_client=backend)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def hub(client):
+    """A client that plays VTEX's Gift Card Hub, with valid credentials."""
+    return Hub(client, {"X-PROVIDER-API-AppKey": APP_KEY, "X-PROVIDER-API-AppToken": APP_TOKEN})
+
+
+@pytest.fixture
+def store(app):
+    return app.extensions["giftcard_provider"]["store"]
