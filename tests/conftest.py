@@ -12,6 +12,8 @@ import redis
 
 from giftcard_provider import create_app
 from giftcard_provider.config import Settings
+from giftcard_provider.keys import Keys
+from giftcard_provider.verify import verify_all
 
 from .hub import Hub
 from .redis_server import RedisServer
@@ -35,12 +37,15 @@ def real_redis(redis_server):
 
 
 @pytest.fixture(params=["fakeredis", "redis"])
-def backend(request):
-    """A clean Redis client of each kind."""
+def backend(request, settings):
+    """A clean Redis client of each kind. Whatever a test did, the ledger must verify afterwards."""
     if request.param == "fakeredis":
-        yield fakeredis.FakeRedis(decode_responses=True)
+        client = fakeredis.FakeRedis(decode_responses=True)
     else:
-        yield request.getfixturevalue("real_redis")
+        client = request.getfixturevalue("real_redis")
+    yield client
+    checked, problems = verify_all(client, Keys(settings.key_prefix))
+    assert problems == [], f"ledger verification failed after the test ({checked} cards)"
 
 
 def make_settings(**overrides) -> Settings:
