@@ -40,6 +40,9 @@ class Settings:
     redis_retries: int = 1
     redis_max_connections: int = 20
     redis_ssl_cert_reqs: str = "required"
+    redis_wait_local_aof: int = 0
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 100
     credentials: tuple[tuple[str, str], ...] = ((DEMO_APP_KEY, DEMO_APP_TOKEN),)
     provider_id: str = "giftcard-provider"
     href_prefix: str = ""
@@ -81,6 +84,9 @@ class Settings:
                 redis_retries=int(get("REDIS_RETRIES", cls.redis_retries)),
                 redis_max_connections=int(get("REDIS_MAX_CONNECTIONS", cls.redis_max_connections)),
                 redis_ssl_cert_reqs=get("REDIS_SSL_CERT_REQS", cls.redis_ssl_cert_reqs),
+                redis_wait_local_aof=int(get("REDIS_WAIT_LOCAL_AOF", cls.redis_wait_local_aof)),
+                redis_wait_replicas=int(get("REDIS_WAIT_REPLICAS", cls.redis_wait_replicas)),
+                redis_wait_timeout_ms=int(get("REDIS_WAIT_TIMEOUT_MS", cls.redis_wait_timeout_ms)),
                 credentials=tuple(pairs) or cls.credentials,
                 provider_id=get("PROVIDER_ID", cls.provider_id),
                 href_prefix=get("HREF_PREFIX", cls.href_prefix).rstrip("/"),

@@ -8,6 +8,7 @@ by code, which first resolves the code index.
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .errors import InvalidRequest, NotFound, ProviderError, StoreUnavailable, r
 from .keys import Keys, is_valid_id
 from .money import Amount, exponent_of
 
+log = logging.getLogger(__name__)
 LIBRARY = (Path(__file__).parent / "lua" / "ledger.lua").read_text()
 
 # Redis errors that mean "the store cannot answer now": the caller gets a fast
@@ -118,16 +120,40 @@ class LedgerStore:
             self.redis.function_load(LIBRARY, replace=True)
 
     def _fcall(self, name: str, keys: list[str], args: list[str], *, readonly: bool = False):
-        call = self.redis.fcall_ro if readonly else self.redis.fcall
+        call = self._call_ro if readonly else self._call_rw
         with _translated_errors():
             try:
-                return call(name, len(keys), *keys, *args)
+                return call(name, keys, args)
             except redis.ResponseError as exc:
                 # A restarted or flushed Redis lost the library: load it and go on.
                 if "function not found" not in str(exc).lower():
                     raise
                 self.load_library()
-                return call(name, len(keys), *keys, *args)
+                return call(name, keys, args)
+
+    def _call_ro(self, name: str, keys: list[str], args: list[str]):
+        return self.redis.fcall_ro(name, len(keys), *keys, *args)
+
+    def _call_rw(self, name: str, keys: list[str], args: list[str]):
+        s = self.settings
+        if not (s.redis_wait_local_aof or s.redis_wait_replicas):
+            return self.redis.fcall(name, len(keys), *keys, *args)
+        # Opt-in durability: WAIT / WAITAOF (Redis >= 7.2) ride in the same round trip as the write.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.fcall(name, len(keys), *keys, *args)
+        if s.redis_wait_local_aof:
+            pipe.execute_command("WAITAOF", s.redis_wait_local_aof, s.redis_wait_replicas, s.redis_wait_timeout_ms)
+        else:
+            pipe.execute_command("WAIT", s.redis_wait_replicas, s.redis_wait_timeout_ms)
+        reply, acked = pipe.execute(raise_on_error=False)
+        if isinstance(reply, Exception):
+            raise reply
+        wanted = [s.redis_wait_local_aof, s.redis_wait_replicas] if s.redis_wait_local_aof else [s.redis_wait_replicas]
+        got = acked if isinstance(acked, list) else [acked]
+        if isinstance(acked, Exception) or any(g < w for g, w in zip(got, wanted, strict=True)):
+            # The change is committed and is answered as such; the log says it is not yet durable.
+            log.warning("write %s not confirmed durable within %d ms: %r", name, s.redis_wait_timeout_ms, acked)
+        return reply
 
     def _pipeline(self, build) -> list:
         with _translated_errors():
