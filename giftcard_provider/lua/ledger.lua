@@ -215,14 +215,31 @@ local function authorize(keys, args)
   return {'ok', tx_id, int(at)}
 end
 
--- Shared by settle and cancel: look up an operation's requestId on the
--- transaction. Returns a reply to send back at once, or nil to go on.
-local function replay_of(card_key, tx_requests, field, minor)
-  local seen = redis.call('HGET', tx_requests, field)
-  if not seen then return nil end
-  local oid, old_minor, at = string.match(seen, '^([^|]*)|([^|]*)|([^|]*)$')
-  if minor == nil or tonumber(old_minor) ~= minor then return {'conflict', 'value'} end
-  return {'replay', oid, old_minor, at, redis.call('HGET', card_key, 'exponent')}
+-- The opening shared by settle and cancel (ARGV: oid, coefficient, scale, requestId):
+-- the transaction must exist; a repeat of the requestId answers at once with the
+-- original; then expired holds are released. Returns a reply to send back, or
+-- nil with the amount in minor units and the time.
+local function open_operation(kind, card, tx, tx_requests, journal_key, holds, args)
+  if redis.call('EXISTS', tx) == 0 then return {'not_found'} end
+  local minor = to_minor(args[2], args[3], redis.call('HGET', card, 'exponent'))
+  local seen = redis.call('HGET', tx_requests, kind .. ':' .. args[4])
+  if seen then
+    local oid, old_minor, at = string.match(seen, '^([^|]*)|([^|]*)|([^|]*)$')
+    if minor == nil or tonumber(old_minor) ~= minor then return {'conflict', 'value'} end
+    return {'replay', oid, old_minor, at, redis.call('HGET', card, 'exponent')}
+  end
+  if minor == nil then return {'invalid_amount_precision'} end
+  local at = now_ms()
+  release_expired(card, holds, journal_key, at, args[1])
+  return nil, minor, at
+end
+
+-- The closing shared by settle and cancel: the record, its idempotency entry, the reply.
+local function close_operation(kind, card, tx_requests, records, args, minor, at)
+  local oid, request_id = args[1], args[4]
+  redis.call('RPUSH', records, table.concat({oid, int(minor), int(at), request_id, ''}, '|'))
+  redis.call('HSET', tx_requests, kind .. ':' .. request_id, table.concat({oid, int(minor), int(at)}, '|'))
+  return {'ok', oid, int(minor), int(at), redis.call('HGET', card, 'exponent')}
 end
 
 --[[ gc_settle: capture (part of) what a Debit holds; for a Credit, record it as final
@@ -238,15 +255,9 @@ Returns {"ok"|"replay", oid, minor, dateMs, exponent} | {"not_found"} | {"confli
 --]]
 local function settle(keys, args)
   local card, tx, tx_requests, settlements, journal_key, holds = unpack(keys)
-  local oid, request_id = args[1], args[4]
-  if redis.call('EXISTS', tx) == 0 then return {'not_found'} end
-  local minor = to_minor(args[2], args[3], redis.call('HGET', card, 'exponent'))
-  local replay = replay_of(card, tx_requests, 'settlement:' .. request_id, minor)
-  if replay then return replay end
-  if minor == nil then return {'invalid_amount_precision'} end
-
-  local at = now_ms()
-  release_expired(card, holds, journal_key, at, oid)
+  local reply, minor, at = open_operation('settlement', card, tx, tx_requests, journal_key, holds, args)
+  if reply then return reply end
+  local oid = args[1]
   local tx_id, op, value = unpack(redis.call('HMGET', tx, 'id', 'operation', 'value'))
   if op == 'Debit' then
     if minor > hnum(tx, 'held') then return {'exceeds_settleable'} end
@@ -262,9 +273,7 @@ local function settle(keys, args)
     redis.call('HINCRBY', tx, 'settled', int(minor))
     journal(journal_key, card, 'settle_credit', tx_id, oid, minor, at)
   end
-  redis.call('RPUSH', settlements, table.concat({oid, int(minor), int(at), request_id, ''}, '|'))
-  redis.call('HSET', tx_requests, 'settlement:' .. request_id, table.concat({oid, int(minor), int(at)}, '|'))
-  return {'ok', oid, int(minor), int(at), redis.call('HGET', card, 'exponent')}
+  return close_operation('settlement', card, tx_requests, settlements, args, minor, at)
 end
 
 --[[ gc_cancel: release what a Debit still holds, then refund what was settled;
@@ -281,15 +290,9 @@ Returns {"ok"|"replay", oid, minor, dateMs, exponent} | {"not_found"} | {"confli
 --]]
 local function cancel(keys, args)
   local card, tx, tx_requests, cancellations, journal_key, holds = unpack(keys)
-  local oid, request_id = args[1], args[4]
-  if redis.call('EXISTS', tx) == 0 then return {'not_found'} end
-  local minor = to_minor(args[2], args[3], redis.call('HGET', card, 'exponent'))
-  local replay = replay_of(card, tx_requests, 'cancellation:' .. request_id, minor)
-  if replay then return replay end
-  if minor == nil then return {'invalid_amount_precision'} end
-
-  local at = now_ms()
-  release_expired(card, holds, journal_key, at, oid)
+  local reply, minor, at = open_operation('cancellation', card, tx, tx_requests, journal_key, holds, args)
+  if reply then return reply end
+  local oid = args[1]
   local tx_id, op, value = unpack(redis.call('HMGET', tx, 'id', 'operation', 'value'))
   value = tonumber(value)
   if op == 'Debit' then
@@ -318,9 +321,7 @@ local function cancel(keys, args)
     redis.call('HINCRBY', card, 'available', int(-minor))
     journal(journal_key, card, 'reverse_credit', tx_id, oid, minor, at)
   end
-  redis.call('RPUSH', cancellations, table.concat({oid, int(minor), int(at), request_id, ''}, '|'))
-  redis.call('HSET', tx_requests, 'cancellation:' .. request_id, table.concat({oid, int(minor), int(at)}, '|'))
-  return {'ok', oid, int(minor), int(at), redis.call('HGET', card, 'exponent')}
+  return close_operation('cancellation', card, tx_requests, cancellations, args, minor, at)
 end
 
 --[[ gc_expire_holds: release a card's holds past their deadline now (the sweeper)
