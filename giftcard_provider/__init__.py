@@ -8,6 +8,7 @@ import re
 import redis
 from flask import Flask
 
+from . import observability
 from .api import Api, error_response
 from .auth import check_credentials
 from .config import Settings
@@ -15,6 +16,7 @@ from .errors import ProviderError
 from .jsonio import DecimalJSONProvider
 from .links import Links
 from .store import LedgerStore, connect
+from .throttle import CodeLookupThrottle
 
 log = logging.getLogger(__name__)
 _SLASHES = re.compile(r"/{2,}")
@@ -46,8 +48,13 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
     )
     store = LedgerStore(redis_client or connect(settings), settings)
-    app.extensions["giftcard_provider"] = {"store": store, "links": Links(settings.href_prefix)}
+    app.extensions["giftcard_provider"] = {
+        "store": store,
+        "links": Links(settings.href_prefix),
+        "throttle": CodeLookupThrottle(store.redis, settings),
+    }
 
+    observability.init_app(app, settings.log_level)  # its hooks run before the credentials check
     app.before_request(check_credentials)
     app.register_error_handler(ProviderError, error_response)
 
@@ -56,11 +63,14 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
         api.spec.components.security_scheme(name, {"type": "apiKey", "in": "header", "name": header})
     api.spec.options["security"] = [{"appKey": [], "appToken": []}]
 
+    # Imported here: they import schemas/, which imports giftcard_provider.money.
     from .blueprints import giftcards, operations, probes, transactions
+    from .cli import cards
 
     for blp in (giftcards.blp, transactions.blp, operations.settlements, operations.cancellations):
         api.register_blueprint(blp)
     app.register_blueprint(probes.blp)
+    app.cli.add_command(cards)
 
     app.wsgi_app = _collapse_slashes(app.wsgi_app)
     if settings.uses_demo_credentials:

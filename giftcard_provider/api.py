@@ -5,18 +5,24 @@
   amounts stay Decimal.
 * Invalid payloads answer 400 (webargs defaults to 422, which the protocol
   reserves for ledger refusals).
-* Every error is JSON {"code", "message"} plus "errors" for field errors.
+* Every error is JSON {"code", "message"} plus "errors" for field errors,
+  declared in the OpenAPI document as the "Error" schema, with the error
+  statuses each protocol operation can answer.
 """
 
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 
 import flask_smorest
+import marshmallow as ma
 from flask import jsonify
 from webargs import core
 from webargs.flaskparser import FlaskParser
 from werkzeug.exceptions import HTTPException, InternalServerError
+
+from schemas.common import EpochMs, MoneyField
 
 from . import jsonio
 from .errors import ProviderError
@@ -38,8 +44,51 @@ class BodyParser(FlaskParser):
             self._handle_invalid_json_error(exc, req)
 
 
+class ErrorSchema(ma.Schema):
+    """Every error body (401 and 403 excepted: VTEX wants those empty)."""
+
+    code = ma.fields.String(required=True, metadata={"description": "Stable machine code, e.g. insufficient_balance"})
+    message = ma.fields.String(required=True, metadata={"description": "Human-readable explanation"})
+    errors = ma.fields.Dict(metadata={"description": "Field errors, by location and field (400 only)"})
+    field = ma.fields.String(metadata={"description": "The field that differs from the original request (409 only)"})
+
+
+def error_responses(rule: str, method: str) -> dict:
+    """The errors a protocol operation can answer besides 400 (documented by @arguments) and 500."""
+    responses = {
+        401: {"description": "X-PROVIDER-API-AppKey or X-PROVIDER-API-AppToken missing (empty body)"},
+        403: {"description": "Wrong credentials (empty body)"},
+        503: HTTPStatus(503).name,
+    }
+    if "<giftCardId>" in rule:
+        responses[404] = HTTPStatus(404).name
+        if method == "post":
+            responses.update({409: HTTPStatus(409).name, 422: HTTPStatus(422).name})
+    return responses
+
+
+class _SpecWithErrors:
+    """Stands in for the APISpec while a blueprint documents its views, adding error_responses()."""
+
+    def __init__(self, spec):
+        self._spec = spec
+
+    def __getattr__(self, name):
+        return getattr(self._spec, name)
+
+    def path(self, *, rule, operations, **kwargs):
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            for status, response in error_responses(rule.rule, method).items():
+                responses.setdefault(status, response)
+        return self._spec.path(rule=rule, operations=operations, **kwargs)
+
+
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = BodyParser()
+
+    def register_views_in_doc(self, api, app, spec, **kwargs):
+        super().register_views_in_doc(api, app, _SpecWithErrors(spec), **kwargs)
 
 
 def _code(error: HTTPException) -> str:
@@ -47,6 +96,16 @@ def _code(error: HTTPException) -> str:
 
 
 class Api(flask_smorest.Api):
+    ERROR_SCHEMA = ErrorSchema
+
+    def __init__(self, app=None, **kwargs):
+        super().__init__(None, **kwargs)
+        # Our own fields, documented with the types the protocol gives them.
+        self.register_field(MoneyField, "number", None)
+        self.register_field(EpochMs, "string", "date-time")
+        if app is not None:
+            self.init_app(app)
+
     def handle_http_exception(self, error: HTTPException):
         if isinstance(error, InternalServerError):
             return error_response(ProviderError("internal error"))

@@ -13,8 +13,10 @@ from flask import Response, current_app, request
 APP_KEY_HEADER = "X-PROVIDER-API-AppKey"
 APP_TOKEN_HEADER = "X-PROVIDER-API-AppToken"
 
-# Endpoints outside the protocol: probes and the API docs need no credentials.
-PUBLIC_ENDPOINTS = frozenset({"probes.health", "probes.ready", "api-docs.openapi_json", "api-docs.openapi_swagger_ui"})
+# Endpoints outside the protocol: probes, metrics and the API docs need no credentials.
+PUBLIC_ENDPOINTS = frozenset(
+    {"probes.health", "probes.ready", "observability.metrics", "api-docs.openapi_json", "api-docs.openapi_swagger_ui"}
+)
 
 
 def _matches(given: bytes, expected: str) -> bool:

@@ -47,13 +47,19 @@ class Settings:
     provider_id: str = "giftcard-provider"
     href_prefix: str = ""
     default_currency: str = "USD"
-    hold_lifetime_seconds: int = 7 * 24 * 3600
+    hold_lifetime_seconds: float = 7 * 24 * 3600
     card_validity_days: int = 5 * 365
     code_hash_secret: str = DEMO_CODE_HASH_SECRET
     max_transaction_amount: Decimal = Decimal("1000000")
     max_card_balance: Decimal = Decimal("1000000")
     max_content_length: int = 64 * 1024
     key_prefix: str = "gc"
+    log_level: str = "INFO"
+    # Failed redemption-code searches allowed per client identity / per source address
+    # (limits notation, ";"-separated; "" turns that limit off). See throttle.py.
+    code_lookup_limit: str = "10/minute;50/day"
+    code_lookup_address_limit: str = "100/minute"
+    trusted_proxy_hops: int = 0  # proxies that append to X-Forwarded-For (Heroku's router: 1)
 
     @property
     def production(self) -> bool:
@@ -98,6 +104,10 @@ class Settings:
                 max_card_balance=Decimal(get("MAX_CARD_BALANCE", cls.max_card_balance)),
                 max_content_length=int(get("MAX_CONTENT_LENGTH", cls.max_content_length)),
                 key_prefix=get("REDIS_KEY_PREFIX", cls.key_prefix),
+                log_level=get("LOG_LEVEL", cls.log_level).upper(),
+                code_lookup_limit=get("CODE_LOOKUP_LIMIT", cls.code_lookup_limit),
+                code_lookup_address_limit=get("CODE_LOOKUP_ADDRESS_LIMIT", cls.code_lookup_address_limit),
+                trusted_proxy_hops=int(get("TRUSTED_PROXY_HOPS", cls.trusted_proxy_hops)),
             )
         except (ValueError, ArithmeticError) as exc:
             raise ConfigError(f"invalid setting: {exc}") from exc

@@ -85,3 +85,7 @@ class Keys:
     def all_cards_pattern(self) -> str:
         """For operators' SCAN (verify, sweeper): never used on a request path."""
         return f"{self.prefix}:{{*}}:card"
+
+    def holds_pattern(self) -> str:
+        """For the hold-expiry sweeper's SCAN: the hold deadlines of every card with open holds."""
+        return f"{self.prefix}:{{*}}:holds"

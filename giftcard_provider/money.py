@@ -16,6 +16,9 @@ from iso4217 import Currency
 
 # ISO 4217's largest exponent (CLF, UYW); anything finer is refused up front.
 MAX_SCALE = 4
+# 10**30 and above is no amount anyone holds (the configured ceilings are far lower); refusing it
+# here keeps 1e999999999 from costing a 10**999999999 multiplication.
+MAX_INTEGER_DIGITS = 30
 
 
 class UnknownCurrency(ValueError):
@@ -42,14 +45,22 @@ class Amount:
 
     @classmethod
     def from_decimal(cls, value: Decimal) -> Amount:
-        sign, digits, exponent = value.normalize().as_tuple()
-        if sign or not isinstance(exponent, int) or not digits or value == 0:
+        # Exact and context-free: Decimal.normalize() would round to 28 digits (10.000...001 -> 10),
+        # underflow 1e-999999999 to 0 and overflow on 1e999999999.
+        if not value.is_finite() or value.is_signed() or value.is_zero():
             raise ValueError("amount must be a positive finite number")
+        if value.adjusted() >= MAX_INTEGER_DIGITS:
+            raise ValueError("amount is too large")
+        _, digits, exponent = value.as_tuple()
+        digits = list(digits)
+        while exponent < 0 and digits[-1] == 0:  # 12.50 -> 12.5
+            digits.pop()
+            exponent += 1
+        if -exponent > MAX_SCALE:
+            raise ValueError(f"amount has more than {MAX_SCALE} decimal places")
         coefficient = int("".join(map(str, digits)))
         if exponent > 0:
             return cls(coefficient * 10**exponent, 0)
-        if -exponent > MAX_SCALE:
-            raise ValueError(f"amount has more than {MAX_SCALE} decimal places")
         return cls(coefficient, -exponent)
 
     def ledger_args(self) -> list[str]:

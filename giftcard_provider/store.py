@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from . import observability
 from .codes import CodeHasher, new_code, new_id, new_token, normalise
-from .config import Settings
+from .config import ConfigError, Settings
 from .errors import InvalidRequest, NotFound, ProviderError, StoreUnavailable, raise_for_reply
 from .keys import Keys, is_valid_id
 from .money import Amount, exponent_of
@@ -35,12 +37,19 @@ UNAVAILABLE = (
     redis.exceptions.OutOfMemoryError,
 )
 
+# A card's statuses; "inactive" is final (see gc_set_status).
+STATUSES = ("active", "blocked", "inactive")
+
 
 def connect(settings: Settings) -> redis.Redis:
     """A client with short timeouts and a small retry budget, so an outage is a quick 503."""
     options = {}
     if settings.redis_url.startswith("rediss://"):
-        options["ssl_cert_reqs"] = settings.redis_ssl_cert_reqs
+        # Heroku Redis presents a self-signed certificate: operators set REDIS_SSL_CERT_REQS=none.
+        cert_reqs = settings.redis_ssl_cert_reqs.lower()
+        if cert_reqs not in ("none", "optional", "required"):
+            raise ConfigError(f"REDIS_SSL_CERT_REQS must be none, optional or required, not {cert_reqs!r}")
+        options["ssl_cert_reqs"] = cert_reqs
     return redis.Redis.from_url(
         settings.redis_url,
         decode_responses=True,
@@ -58,6 +67,7 @@ def _translated_errors():
     try:
         yield
     except UNAVAILABLE as exc:
+        observability.redis_error("ledger", exc)
         raise StoreUnavailable(f"the ledger store is unavailable ({type(exc).__name__})") from exc
 
 
@@ -100,7 +110,9 @@ class Operation:
 
     @classmethod
     def parse(cls, packed: str) -> Operation:
-        oid, minor, date_ms, request_id, reason = packed.split("|")
+        # "oid|minor|dateMs|requestId|reason": the Hub's requestId may itself hold "|".
+        oid, minor, date_ms, rest = packed.split("|", 3)
+        request_id, _, reason = rest.rpartition("|")
         return cls(oid, int(minor), int(date_ms), request_id, reason)
 
 
@@ -110,7 +122,7 @@ class LedgerStore:
         self.keys = Keys(settings.key_prefix)
         self.hasher = CodeHasher(settings.code_hash_secret)
         self.settings = settings
-        self._hold_ms = str(settings.hold_lifetime_seconds * 1000)
+        self._hold_ms = str(round(settings.hold_lifetime_seconds * 1000))
         self._validity_ms = str(settings.card_validity_days * 86_400_000)
 
     # -- plumbing -----------------------------------------------------------
@@ -123,13 +135,15 @@ class LedgerStore:
         call = self._call_ro if readonly else self._call_rw
         with _translated_errors():
             try:
-                return call(name, keys, args)
+                reply = call(name, keys, args)
             except redis.ResponseError as exc:
                 # A restarted or flushed Redis lost the library: load it and go on.
                 if "function not found" not in str(exc).lower():
                     raise
                 self.load_library()
-                return call(name, keys, args)
+                reply = call(name, keys, args)
+        observability.ledger_reply(name, args, reply)  # metrics: authorized, refused (by code), settled...
+        return reply
 
     def _call_ro(self, name: str, keys: list[str], args: list[str]):
         return self.redis.fcall_ro(name, len(keys), *keys, *args)
@@ -252,6 +266,37 @@ class LedgerStore:
         cards = [_card_from_reply(i, r) for i, r in zip(ids, replies, strict=True)]
         return sorted((c for c in cards if c), key=lambda c: int(c.fields["createdMs"]))
 
+    def set_status(self, card_id: str, status: str, reason: str) -> tuple[bool, str, int | None]:
+        """Block, unblock or deactivate a card; moves no money. Returns (changed, previous status, changed ms)."""
+        if status not in STATUSES:
+            raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}")
+        self._require_id(card_id, "gift card")
+        reply = self._fcall("gc_set_status", [self.keys.card(card_id)], [status, reason])
+        if reply[0] == "unchanged":
+            return False, reply[1], int(reply[2]) if reply[2] else None
+        _, (previous, changed_ms) = raise_for_reply(reply)
+        return True, previous, int(changed_ms)
+
+    def journal(self, card_id: str, *, after: str = "-", count: int | None = None) -> list[tuple[str, dict]]:
+        """Journal entries oldest first, from just after entry id `after` (for paging), at most `count`."""
+        self._require_id(card_id, "gift card")
+        with _translated_errors():
+            return self.redis.xrange(self.keys.journal(card_id), "-" if after == "-" else f"({after}", count=count)
+
+    def journal_tail(self, card_id: str, count: int) -> list[tuple[str, dict]]:
+        """The newest `count` journal entries, oldest first."""
+        self._require_id(card_id, "gift card")
+        with _translated_errors():
+            return self.redis.xrevrange(self.keys.journal(card_id), count=count)[::-1]
+
+    def cards_with_holds(self) -> Iterator[str]:
+        """Ids of the cards holding money, by SCAN (the sweeper's tool: never on a request path)."""
+        head, tail = len(self.keys.prefix) + 2, len("}:holds")  # "gc:{" ... "}:holds"
+        with _translated_errors():
+            for key in self.redis.scan_iter(match=self.keys.holds_pattern(), count=1000):
+                if is_valid_id(key[head:-tail]):
+                    yield key[head:-tail]
+
     # -- transactions -------------------------------------------------------
 
     def authorize(
@@ -315,7 +360,7 @@ class LedgerStore:
         """Release the card's holds past their deadline now. Returns how many were released."""
         self._require_id(card_id, "gift card")
         k = self.keys
-        reply = self._fcall("gc_expire_holds", [k.card(card_id), k.journal(card_id), k.holds(card_id)], [new_id()])
+        reply = self._fcall("gc_expire_holds", [k.card(card_id), k.journal(card_id), k.holds(card_id)], [])
         return int(raise_for_reply(reply)[1][0])
 
     def transaction_ids(self, card_id: str, start: int, stop: int) -> tuple[list[str], int]:
@@ -348,24 +393,38 @@ class LedgerStore:
         return fields, int(exponent)
 
     def settlements(self, card_id: str, tx_id: str) -> tuple[list[Operation], int]:
-        return self._records(self.keys.settlements, card_id, tx_id)
+        """A transaction's settlements, oldest first, and the card's currency exponent."""
+        records, exponent, _ = self._records(self.keys.settlements, card_id, tx_id)
+        return records, exponent
 
     def cancellations(self, card_id: str, tx_id: str) -> tuple[list[Operation], int]:
-        return self._records(self.keys.cancellations, card_id, tx_id)
+        """A transaction's cancellations, oldest first, and the card's currency exponent.
 
-    def _records(self, records_key, card_id, tx_id):
+        A hold past its deadline that no money call has released yet is listed
+        as the very record its release will write (see release_expired in
+        ledger.lua), so the Hub's sum never misses money that is already back.
+        """
+        records, exponent, pending = self._records(self.keys.cancellations, card_id, tx_id)
+        return records + pending, exponent
+
+    def _records(self, records_key, card_id, tx_id) -> tuple[list[Operation], int, list[Operation]]:
         self._require_id(card_id, "transaction")
         self._require_id(tx_id, "transaction")
-        exponent, exists, packed = self._pipeline(
+        exponent, (operation, held, deadline), packed, (seconds, micros) = self._pipeline(
             lambda pipe: (
                 pipe.hget(self.keys.card(card_id), "exponent"),
-                pipe.exists(self.keys.transaction(card_id, tx_id)),
+                pipe.hmget(self.keys.transaction(card_id, tx_id), "operation", "held", "holdDeadlineMs"),
                 pipe.lrange(records_key(card_id, tx_id), 0, -1),
+                pipe.time(),
             )
         )
-        if not exists:
+        if operation is None:
             raise NotFound("transaction not found")
-        return [Operation.parse(p) for p in packed], int(exponent)
+        now_ms = seconds * 1000 + micros // 1000
+        pending = []
+        if held and int(held) > 0 and int(deadline) <= now_ms:
+            pending.append(Operation(f"{tx_id}-expired", int(held), int(deadline), "", "expired"))
+        return [Operation.parse(p) for p in packed], int(exponent), pending
 
     @staticmethod
     def _require_id(value: str, what: str) -> None:

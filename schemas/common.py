@@ -58,6 +58,12 @@ def epoch_ms(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
+def ignored(openapi_type: str) -> fields.Raw:
+    """A field the protocol lists and we never read: documented with its type, accepted whatever it
+    holds (a Hub request must never be refused over a field we ignore)."""
+    return fields.Raw(allow_none=True, metadata={"type": openapi_type, "description": "Accepted and ignored."})
+
+
 def non_empty(value: str) -> None:
     if not value.strip():
         raise ValidationError("Must not be blank.")

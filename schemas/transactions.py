@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from .common import EpochMs, HrefSchema, MoneyField, RequestSchema, non_empty
+from .common import EpochMs, HrefSchema, MoneyField, RequestSchema, ignored, non_empty
 
 REQUEST_ID = [validate.Length(min=1, max=128), non_empty]
 
@@ -14,12 +14,17 @@ class ClientProfileSchema(RequestSchema):
     document = fields.String(allow_none=True)
     firstName = fields.String(allow_none=True)
     lastName = fields.String(allow_none=True)
+    phone = ignored("string")
+    birthDate = ignored("string")
+    isCorporate = ignored("boolean")
 
 
 class OrderInfoSchema(RequestSchema):
     orderId = fields.String(allow_none=True, validate=validate.Length(max=128))
     sequence = fields.Integer(strict=False, allow_none=True)
     clientProfile = fields.Nested(ClientProfileSchema, allow_none=True)
+    cart = ignored("object")
+    shipping = ignored("object")
 
 
 class TransactionRequestSchema(RequestSchema):

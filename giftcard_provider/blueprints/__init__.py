@@ -12,7 +12,8 @@ from ..links import Links
 from ..money import Amount
 from ..store import LedgerStore
 
-_RANGE = re.compile(r"^\s*\w*\s*=?\s*(\d+)\s*-\s*(\d+)\s*$")
+# At most 15 ASCII digits each: a longer number is no page (and 10**5000 would break int() and LRANGE).
+_RANGE = re.compile(r"^\s*\w*\s*=?\s*([0-9]{1,15})\s*-\s*([0-9]{1,15})\s*$")
 MAX_PAGE = 1000
 
 

@@ -12,6 +12,7 @@ from ..codes import mask
 from ..errors import NotFound
 from ..money import to_major
 from ..store import Card
+from ..throttle import code_lookups
 from . import content_range, email_or_id, ledger, links, requested_range, settings
 
 blp = Blueprint("giftcards", __name__, url_prefix="/giftcards", description="Search, read and create gift cards.")
@@ -71,8 +72,11 @@ class Search(MethodView):
         identities = {i for i in (email_or_id(client.get("id")), email_or_id(client.get("email"))) if i}
         code = cart.get("redemptionCode")
         if code and code.strip():
-            card = ledger().find_by_code(code)
-            cards = [card] if card and card.visible_to(identities) else []
+            # Failed look-ups are limited per client and address; a throttled one finds nothing (throttle.py).
+            lookup = code_lookups().begin(identities)
+            card = None if lookup.throttled else ledger().find_by_code(code)
+            cards = [card] if card and card.visible_to(identities) and card.usable else []
+            lookup.finish(found=bool(cards))
         else:
             cards = ledger().cards_of(identities) if identities else []
             if cart.get("relationName"):

@@ -80,21 +80,23 @@ local function close_debit_if_void(card_key, tx_key)
 end
 
 -- Release holds past their deadline: each release is recorded as a
--- cancellation with reason "expired", so the Hub's GET sums still add up.
-local function release_expired(card_key, holds_key, journal_key, at, id_seed)
+-- cancellation with reason "expired", so the Hub's GET sums still add up. A hold
+-- expires once at most, so the record is deterministic (oid "<txId>-expired",
+-- dated at the deadline): a read can show it before it is written (store.py).
+local function release_expired(card_key, holds_key, journal_key, at)
   local due = redis.call('ZRANGEBYSCORE', holds_key, '-inf', at, 'LIMIT', 0, HOLD_SCAN_LIMIT)
   local prefix = card_prefix(card_key)
-  for i, tx_id in ipairs(due) do
+  for _, tx_id in ipairs(due) do
     local tx_key = prefix .. ':tx:' .. tx_id
     local held = hnum(tx_key, 'held')
     if held > 0 then
-      local oid = id_seed .. 'x' .. i
+      local oid = tx_id .. '-expired'
       redis.call('HINCRBY', tx_key, 'held', int(-held))
       redis.call('HINCRBY', tx_key, 'released', int(held))
       redis.call('HINCRBY', card_key, 'held', int(-held))
       redis.call('HINCRBY', card_key, 'available', int(held))
       redis.call('RPUSH', tx_key .. ':cancellations',
-        table.concat({oid, int(held), int(at), '', 'expired'}, '|'))
+        table.concat({oid, int(held), redis.call('HGET', tx_key, 'holdDeadlineMs'), '', 'expired'}, '|'))
       close_debit_if_void(card_key, tx_key)
       journal(journal_key, card_key, 'expire', tx_id, oid, held, at)
     end
@@ -152,7 +154,7 @@ ARGV[1] new transaction id (used only if this is not a replay)
 ARGV[2] operation "Debit" | "Credit"
 ARGV[3] amount coefficient, ARGV[4] amount scale (see Conventions)
 ARGV[5] requestId
-ARGV[6] client identity ("" = not given), checked against a restricted card's owner
+ARGV[6] client e-mail ("" = not given), checked against a restricted card's owner when that is an e-mail
 ARGV[7] redemption token ("" = not given)
 ARGV[8] hold lifetime ms
 ARGV[9] order id ("" = not given)
@@ -177,11 +179,14 @@ local function authorize(keys, args)
   if minor == nil then return {'invalid_amount_precision'} end
 
   local at = now_ms()
-  release_expired(card, holds, journal_key, at, tx_id)
+  release_expired(card, holds, journal_key, at)
   local refusal = card_usable(card, at)
   if refusal then return {refusal} end
   local owner, restricted, token = unpack(redis.call('HMGET', card, 'profileId', 'restrictedToOwner', 'token'))
-  if restricted == '1' and args[6] ~= '' and args[6] ~= owner then return {'owner_mismatch'} end
+  -- An owner that is not an e-mail address cannot be compared with the order's e-mail.
+  if restricted == '1' and args[6] ~= '' and string.find(owner, '@', 1, true) and args[6] ~= owner then
+    return {'owner_mismatch'}
+  end
   if args[7] ~= '' and args[7] ~= token then return {'token_mismatch'} end
 
   local available, held = hnum(card, 'available'), hnum(card, 'held')
@@ -230,7 +235,7 @@ local function open_operation(kind, card, tx, tx_requests, journal_key, holds, a
   end
   if minor == nil then return {'invalid_amount_precision'} end
   local at = now_ms()
-  release_expired(card, holds, journal_key, at, args[1])
+  release_expired(card, holds, journal_key, at)
   return nil, minor, at
 end
 
@@ -326,12 +331,11 @@ end
 
 --[[ gc_expire_holds: release a card's holds past their deadline now (the sweeper)
 KEYS[1] card hash gc:{C}:card; KEYS[2] journal gc:{C}:journal; KEYS[3] hold deadlines gc:{C}:holds
-ARGV[1] id seed for the expiry records
 Returns {"ok", holdsReleased} | {"not_found"}
 --]]
 local function expire_holds(keys, args)
   if redis.call('EXISTS', keys[1]) == 0 then return {'not_found'} end
-  return {'ok', release_expired(keys[1], keys[3], keys[2], now_ms(), args[1])}
+  return {'ok', release_expired(keys[1], keys[3], keys[2], now_ms())}
 end
 
 --[[ gc_read_card (read-only): a card's fields plus what its expired holds will give back
@@ -359,10 +363,33 @@ local function ping(keys, args)
   return 'pong'
 end
 
+--[[ gc_set_status: block, unblock or deactivate a card (an operator's action; moves no money)
+KEYS[1] card hash            gc:{C}:card
+ARGV[1] new status "active" | "blocked" | "inactive"
+ARGV[2] reason, recorded as statusReason
+Returns {"ok", previousStatus, changedMs} | {"unchanged", status, statusChangedMs or ""}
+      | {"not_found"} | {"card_inactive"} | {"invalid_status"}
+"inactive" is final: a deactivated card never becomes active or blocked again.
+A card's status gates new transactions only: holds already taken stay
+settleable and cancellable in every status.
+--]]
+local function set_status(keys, args)
+  local status, reason = args[1], args[2]
+  if status ~= 'active' and status ~= 'blocked' and status ~= 'inactive' then return {'invalid_status'} end
+  local current, changed = unpack(redis.call('HMGET', keys[1], 'status', 'statusChangedMs'))
+  if not current then return {'not_found'} end
+  if current == status then return {'unchanged', current, changed or ''} end
+  if current == 'inactive' then return {'card_inactive'} end
+  local at = now_ms()
+  redis.call('HSET', keys[1], 'status', status, 'statusReason', reason, 'statusChangedMs', int(at))
+  return {'ok', current, int(at)}
+end
+
 redis.register_function('gc_create_card', create_card)
 redis.register_function('gc_authorize', authorize)
 redis.register_function('gc_settle', settle)
 redis.register_function('gc_cancel', cancel)
 redis.register_function('gc_expire_holds', expire_holds)
+redis.register_function('gc_set_status', set_status)
 redis.register_function{function_name = 'gc_read_card', callback = read_card, flags = {'no-writes'}}
 redis.register_function{function_name = 'gc_ping', callback = ping, flags = {'no-writes'}}

@@ -1,0 +1,796 @@
+"""Operator commands: ``flask --app wsgi cards --help``.
+
+Issue and load cards, inspect them, block or deactivate them, verify the
+ledger, export journals for finance, and release expired holds (once, or
+forever as the Procfile's ``clock`` process). Every command prints text for
+people, or one JSON document with ``--json`` (``export`` always writes NDJSON).
+Amounts in JSON are strings with the currency's decimals ("12.50"), next to
+integer minor units ("amountMinor": 1250), so no tool ever parses them as
+floats. Bad input exits 2 with a usage message; a refusal or an unknown card
+exits 1 with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import signal
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import click
+import redis
+from flask import current_app
+from flask.cli import AppGroup
+from marshmallow import ValidationError
+
+from schemas.common import epoch_ms
+from schemas.giftcards import CreateCardRequestSchema
+
+from .blueprints import email_or_id
+from .codes import mask, new_id, normalise
+from .config import Settings
+from .errors import ProviderError, Refused, StoreUnavailable
+from .keys import is_valid_id
+from .money import Amount, UnknownCurrency, exponent_of
+from .observability import StdoutHandler
+from .store import Card, LedgerStore
+from .verify import card_ids, verify_card
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_AMOUNT = re.compile(r"\d+(\.\d+)?")
+JOURNAL_PAGE = 1000
+
+
+@contextlib.contextmanager
+def logs_on_stderr():
+    """A command's stdout is data (--json, export NDJSON): meanwhile the package's log lines go to stderr."""
+    logger = logging.getLogger("giftcard_provider")
+    moved = [h for h in logger.handlers if isinstance(h, StdoutHandler)]
+    stand_ins = []
+    for handler in moved:
+        stand_in = logging.StreamHandler(sys.stderr)
+        stand_in.setFormatter(handler.formatter)
+        stand_in.setLevel(handler.level)
+        logger.removeHandler(handler)
+        logger.addHandler(stand_in)
+        stand_ins.append(stand_in)
+    try:
+        yield
+    finally:
+        for stand_in in stand_ins:
+            logger.removeHandler(stand_in)
+        for handler in moved:
+            logger.addHandler(handler)
+
+
+class OperatorGroup(AppGroup):
+    """Every ledger or Redis error becomes one clear line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            with logs_on_stderr():
+                return super().invoke(ctx)
+        except StoreUnavailable as exc:
+            raise click.ClickException(f"{exc.message}: check REDIS_URL and that Redis is up") from exc
+        except ProviderError as exc:
+            raise click.ClickException(exc.message) from exc
+        except redis.RedisError as exc:
+            raise click.ClickException(f"Redis error: {exc}") from exc
+
+
+cards = OperatorGroup("cards", help="Operate the gift card ledger: issue, load, inspect, block, verify, export, sweep.")
+
+
+# -- parameters ---------------------------------------------------------------
+
+
+class AmountType(click.ParamType):
+    """A positive amount in major units, parsed exactly: "50", "12.50"."""
+
+    name = "amount"
+
+    def convert(self, value, param, ctx) -> Amount:
+        if isinstance(value, Amount):
+            return value
+        text = str(value).strip()
+        if not _AMOUNT.fullmatch(text):
+            self.fail(f"{value!r} is not an amount in major units, like 50 or 12.50", param, ctx)
+        try:
+            return Amount.from_decimal(Decimal(text))
+        except ValueError as exc:  # zero, or finer than any currency's minor unit
+            self.fail(f"{value!r}: {exc}", param, ctx)
+
+
+class CurrencyType(click.ParamType):
+    name = "currency"
+
+    def convert(self, value, param, ctx) -> str:
+        code = str(value).strip().upper()
+        try:
+            exponent_of(code)
+        except UnknownCurrency as exc:
+            self.fail(str(exc), param, ctx)
+        return code
+
+
+class CardIdType(click.ParamType):
+    name = "card_id"
+
+    def convert(self, value, param, ctx) -> str:
+        if not is_valid_id(value):
+            self.fail(f"{value!r} is not a card id", param, ctx)
+        return value
+
+
+class DateType(click.ParamType):
+    """ISO 8601 date or time, UTC unless it carries an offset -> epoch milliseconds."""
+
+    name = "date"
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 date, like 2025-01-31 or 2025-01-31T12:00:00Z", param, ctx)
+        return epoch_ms(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+
+
+AMOUNT, CURRENCY, CARD_ID, DATE = AmountType(), CurrencyType(), CardIdType(), DateType()
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+entries_option = click.option(
+    "--entries",
+    "-n",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="How many of the newest journal entries to show.",
+)
+request_id_option = click.option(
+    "--request-id",
+    help="Idempotency key of the load: repeating it changes nothing. [default: generated and printed]",
+)
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def _store() -> LedgerStore:
+    return current_app.extensions["giftcard_provider"]["store"]
+
+
+def _settings() -> Settings:
+    return current_app.config["SETTINGS"]
+
+
+def iso(ms: int | str) -> str:
+    """Epoch milliseconds -> "2025-01-31T12:00:00.000Z"."""
+    moment = _EPOCH + timedelta(milliseconds=int(ms))
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def major(minor: int, exponent: int) -> str:
+    """Minor units -> an exact major-unit string with the currency's decimals: 1250, 2 -> "12.50"."""
+    return str(Decimal(minor).scaleb(-exponent))
+
+
+def _emit(document: dict | list) -> None:
+    click.echo(json.dumps(document, indent=2))
+
+
+def _card(store: LedgerStore, card_id: str) -> Card:
+    card = store.card(card_id)
+    if card is None:
+        raise click.ClickException(f"no card {card_id}")
+    return card
+
+
+def _request_id(value: str | None) -> str:
+    if value is None:
+        return f"cli-{new_id()}"
+    if not value.strip() or len(value) > 200:
+        raise click.BadParameter("must be 1 to 200 characters, not blank", param_hint="'--request-id'")
+    return value
+
+
+def _checked_minor(amount: Amount, currency: str, param_hint: str) -> int:
+    """The amount in the currency's minor units, within MAX_TRANSACTION_AMOUNT, or a usage error."""
+    exponent = exponent_of(currency)
+    try:
+        minor = amount.to_minor(exponent)
+    except ValueError:
+        raise click.BadParameter(
+            f"{currency} has {exponent} decimal places; this amount has {amount.scale}", param_hint=param_hint
+        ) from None
+    ceiling = _settings().max_transaction_amount
+    if amount.coefficient > ceiling * 10**amount.scale:
+        raise click.BadParameter(f"above MAX_TRANSACTION_AMOUNT ({ceiling})", param_hint=param_hint)
+    return minor
+
+
+def card_view(card: Card) -> dict:
+    f, exponent = card.fields, card.exponent
+    held = int(f["held"]) - card.due_holds
+    return {
+        "id": card.id,
+        "status": f["status"],
+        "statusReason": f.get("statusReason", ""),
+        "statusChangedAt": iso(f["statusChangedMs"]) if f.get("statusChangedMs") else None,
+        "currency": f["currency"],
+        "balance": major(card.balance, exponent),
+        "balanceMinor": card.balance,
+        "held": major(held, exponent),
+        "heldMinor": held,
+        "expiredHolds": major(card.due_holds, exponent),
+        "expiredHoldsMinor": card.due_holds,
+        "usable": card.usable,
+        "redemptionCode": mask(f["codeLast4"]),
+        "relationName": f["relationName"],
+        "caption": f["caption"],
+        "profileId": f["profileId"],
+        "restrictedToOwner": f["restrictedToOwner"] == "1",
+        "multipleRedemptions": f["multipleRedemptions"] == "1",
+        "multipleCredits": f["multipleCredits"] == "1",
+        "emissionDate": iso(f["emissionMs"]),
+        "expiringDate": iso(f["expiringMs"]),
+        "createdAt": iso(f["createdMs"]),
+    }
+
+
+def journal_view(card_id: str, currency: str, exponent: int, entry_id: str, entry: dict) -> dict:
+    """One journal entry for people and finance: amounts exact, in minor and in major units."""
+    amount, available, held = int(entry["amount"]), int(entry["available"]), int(entry["held"])
+    return {
+        "cardId": card_id,
+        "currency": currency,
+        "seq": int(entry["seq"]),
+        "entryId": entry_id,
+        "at": iso(entry["at"]),
+        "kind": entry["kind"],
+        "transactionId": entry["tx"],
+        "ref": entry["ref"],
+        "amount": major(amount, exponent),
+        "amountMinor": amount,
+        "availableAfter": major(available, exponent),
+        "availableAfterMinor": available,
+        "heldAfter": major(held, exponent),
+        "heldAfterMinor": held,
+    }
+
+
+def transaction_view(card_id: str, currency: str, fields: dict, exponent: int) -> dict:
+    view = {
+        "id": fields["id"],
+        "cardId": card_id,
+        "currency": currency,
+        "operation": fields["operation"],
+        "value": major(int(fields["value"]), exponent),
+        "valueMinor": int(fields["value"]),
+        "date": iso(fields["dateMs"]),
+        "requestId": fields["requestId"],
+        "orderId": fields.get("orderId", ""),
+    }
+    debit = fields["operation"] == "Debit"
+    for counter in ("held", "settled", "released", "refunded") if debit else ("settled", "cancelled"):
+        view[counter] = major(int(fields[counter]), exponent)
+        view[f"{counter}Minor"] = int(fields[counter])
+    if debit:
+        view["holdDeadline"] = iso(fields["holdDeadlineMs"])
+    return view
+
+
+def _print_card(view: dict, journal: list[dict]) -> None:
+    cur = view["currency"]
+    status = view["status"] + (f" ({view['statusReason']}, {view['statusChangedAt']})" if view["statusReason"] else "")
+    rows = [
+        ("status", status),
+        ("balance", f"{view['balance']} {cur} available{'' if view['usable'] else ' (not usable now)'}"),
+        ("held", f"{view['held']} {cur}"),
+    ]
+    if view["expiredHoldsMinor"]:
+        rows.append(
+            ("expired holds", f"{view['expiredHolds']} {cur} (counted as available; the sweeper releases them)")
+        )
+    rows += [
+        ("code", view["redemptionCode"]),
+        ("owner", view["profileId"] + (" (restricted to owner)" if view["restrictedToOwner"] else "")),
+        ("relation", view["relationName"]),
+        ("caption", view["caption"]),
+        ("redemptions", "multiple" if view["multipleRedemptions"] else "single"),
+        ("credits", "multiple" if view["multipleCredits"] else "single"),
+        ("valid", f"{view['emissionDate']} to {view['expiringDate']}"),
+        ("created", view["createdAt"]),
+    ]
+    click.echo(f"card {view['id']}")
+    for label, value in rows:
+        click.echo(f"  {label:<13} {value}")
+    if journal:
+        click.echo(f"  last {len(journal)} journal entries:")
+    for e in journal:
+        click.echo(
+            f"    #{e['seq']:<4} {e['at']}  {e['kind']:<14} {e['amount']:>12}  "
+            f"available {e['availableAfter']}  held {e['heldAfter']}  tx {e['transactionId']}"
+        )
+
+
+def _show(store: LedgerStore, card: Card, entries: int, as_json: bool) -> None:
+    tail = store.journal_tail(card.id, entries) if entries else []
+    journal = [journal_view(card.id, card.fields["currency"], card.exponent, i, e) for i, e in tail]
+    view = card_view(card)
+    if as_json:
+        _emit({**view, "journal": journal})
+    else:
+        _print_card(view, journal)
+
+
+# -- cards --------------------------------------------------------------------
+
+_OPTION_OF_FIELD = {
+    "relationName": "--relation-name",
+    "caption": "--caption",
+    "profileId": "--profile-id",
+    "emissionDate": "--emission",
+    "expiringDate": "--expiring",
+    "currencyCode": "--currency",
+}
+
+
+@cards.command("issue")
+@click.option("--relation-name", required=True, help="The program the card belongs to (VTEX's relationName).")
+@click.option("--caption", default="", help="The text shoppers see for the card.")
+@click.option("--profile-id", required=True, help="The owner: a VTEX client id or e-mail address.")
+@click.option("--currency", type=CURRENCY, help="ISO 4217 code. [default: DEFAULT_CURRENCY]")
+@click.option(
+    "--restricted-to-owner/--not-restricted",
+    default=False,
+    show_default=True,
+    help="Only the owner may find and spend the card.",
+)
+@click.option(
+    "--multiple-redemptions/--single-redemption",
+    default=True,
+    show_default=True,
+    help="Whether more than one purchase may spend the card.",
+)
+@click.option(
+    "--multiple-credits/--single-credit", default=True, show_default=True, help="Whether the card may be reloaded."
+)
+@click.option("--emission", metavar="DATE", help="Valid from (ISO 8601, UTC unless an offset is given). [default: now]")
+@click.option("--expiring", metavar="DATE", help="Valid until (ISO 8601). [default: CARD_VALIDITY_DAYS after emission]")
+@click.option(
+    "--valid-days", type=click.IntRange(min=1), help="Valid this many days after emission (not with --expiring)."
+)
+@click.option("--load", "load_amount", type=AMOUNT, help="Initial balance in major units, e.g. 50 or 12.50.")
+@request_id_option
+@json_option
+def issue(
+    relation_name,
+    caption,
+    profile_id,
+    currency,
+    restricted_to_owner,
+    multiple_redemptions,
+    multiple_credits,
+    emission,
+    expiring,
+    valid_days,
+    load_amount,
+    request_id,
+    as_json,
+):
+    """Issue a card, optionally with an initial load, and print its redemption code.
+
+    The full redemption code is printed once, here, and never again: hand it
+    to the customer now (later reads show it masked).
+    """
+    settings = _settings()
+    if expiring and valid_days:
+        raise click.UsageError("give --expiring or --valid-days, not both")
+    if request_id is not None and load_amount is None:
+        raise click.UsageError("--request-id names the initial load: give --load too")
+    payload = {
+        "relationName": relation_name,
+        "caption": caption,
+        "profileId": profile_id,
+        "restrictedToOwner": restricted_to_owner,
+        "multipleRedemptions": multiple_redemptions,
+        "multipleCredits": multiple_credits,
+        "currencyCode": currency or settings.default_currency,
+    }
+    payload.update({k: v for k, v in (("emissionDate", emission), ("expiringDate", expiring)) if v})
+    try:
+        body = CreateCardRequestSchema().load(payload)
+    except ValidationError as exc:
+        problems = (f"{_OPTION_OF_FIELD.get(k, k)}: {' '.join(map(str, v))}" for k, v in exc.messages.items())
+        raise click.UsageError("; ".join(problems)) from None
+    currency = body["currencyCode"].upper()
+    emission_ms = epoch_ms(body["emissionDate"]) if "emissionDate" in body else None
+    expiring_ms = epoch_ms(body["expiringDate"]) if "expiringDate" in body else None
+    if valid_days:
+        start = emission_ms if emission_ms is not None else epoch_ms(datetime.now(UTC))
+        expiring_ms = start + valid_days * 86_400_000
+    if load_amount is not None:
+        minor = _checked_minor(load_amount, currency, "'--load'")
+        limit = Amount.from_decimal(settings.max_card_balance).to_minor(exponent_of(currency))
+        if minor > limit:
+            raise click.BadParameter(f"above MAX_CARD_BALANCE ({settings.max_card_balance})", param_hint="'--load'")
+    rid = _request_id(request_id) if load_amount is not None else None
+
+    store = _store()
+    card, code = store.create_card(
+        relation_name=body["relationName"],
+        caption=body["caption"],
+        profile_id=email_or_id(body["profileId"]),
+        currency=currency,
+        restricted_to_owner=body["restrictedToOwner"],
+        multiple_redemptions=body["multipleRedemptions"],
+        multiple_credits=body["multipleCredits"],
+        emission_ms=emission_ms,
+        expiring_ms=expiring_ms,
+    )
+    if not as_json:
+        window = f"{iso(card.fields['emissionMs'])} to {iso(card.fields['expiringMs'])}"
+        click.echo(f"issued card {card.id} ({currency}), valid {window}")
+        click.echo(f"redemption code: {code}")
+        click.echo("(shown this once: hand it to the customer now)")
+    document = {"card": None, "redemptionCode": code, "load": None}
+    failure = None
+    if load_amount is not None:
+        try:
+            _, tx_id, _ = store.authorize(
+                card.id, operation="Credit", amount=load_amount, request_id=rid, client="", token="", order_id=""
+            )
+            document["load"] = {"transactionId": tx_id, "requestId": rid}
+            if not as_json:
+                click.echo(f"loaded {major(minor, card.exponent)} {currency} (transaction {tx_id}, requestId {rid})")
+        except ProviderError as exc:
+            failure = (
+                f"card {card.id} was issued, but the initial load failed: {exc.message}. "
+                f"Retry with: flask --app wsgi cards load {card.id} {major(minor, card.exponent)} --request-id {rid}"
+            )
+            document["load"] = {"error": exc.message, "requestId": rid}
+    document["card"] = card_view(_card(store, card.id))
+    if as_json:
+        _emit(document)
+    if failure:
+        raise click.ClickException(failure)
+
+
+@cards.command("load")
+@click.argument("card_id", type=CARD_ID)
+@click.argument("amount", type=AMOUNT)
+@request_id_option
+@json_option
+def load(card_id, amount, request_id, as_json):
+    """Credit AMOUNT (in major units: 25 or 12.50) to a card.
+
+    Safe to retry: run it again with the printed --request-id and nothing
+    changes; the same requestId with another amount is refused.
+    """
+    store = _store()
+    card = _card(store, card_id)
+    currency = card.fields["currency"]
+    minor = _checked_minor(amount, currency, "'AMOUNT'")
+    rid = _request_id(request_id)
+    replayed, tx_id, date_ms = store.authorize(
+        card_id, operation="Credit", amount=amount, request_id=rid, client="", token="", order_id=""
+    )
+    card = _card(store, card_id)
+    if as_json:
+        _emit(
+            {
+                "cardId": card_id,
+                "transactionId": tx_id,
+                "requestId": rid,
+                "replayed": replayed,
+                "currency": currency,
+                "amount": major(minor, card.exponent),
+                "amountMinor": minor,
+                "date": iso(date_ms),
+                "balance": major(card.balance, card.exponent),
+                "balanceMinor": card.balance,
+            }
+        )
+        return
+    if replayed:
+        click.echo(f"requestId {rid} was already applied as transaction {tx_id}: nothing changed")
+    else:
+        click.echo(f"loaded {major(minor, card.exponent)} {currency} onto card {card_id}")
+        click.echo(f"transaction {tx_id}, requestId {rid}")
+    click.echo(f"balance {major(card.balance, card.exponent)} {currency}")
+
+
+@cards.command("show")
+@click.argument("card_id", type=CARD_ID)
+@entries_option
+@json_option
+def show(card_id, entries, as_json):
+    """A card: balance, held, status, owner, validity, and its newest journal entries."""
+    store = _store()
+    _show(store, _card(store, card_id), entries, as_json)
+
+
+@cards.command("find")
+@click.argument("code", required=False)
+@entries_option
+@json_option
+def find(code, entries, as_json):
+    """Find the card a redemption code names (case, spaces and dashes do not matter).
+
+    Leave CODE out to type it at a hidden prompt, which keeps it out of the
+    shell history.
+    """
+    if code is None:
+        code = click.prompt("Redemption code", hide_input=True)
+    if not normalise(code):
+        raise click.BadParameter("the code is empty", param_hint="'CODE'")
+    store = _store()
+    card = store.find_by_code(code)
+    if card is None:
+        raise click.ClickException("no card has that redemption code")
+    _show(store, card, entries, as_json)
+
+
+@cards.command("transactions")
+@click.argument("card_id", type=CARD_ID)
+@click.option("--last", type=click.IntRange(min=0), default=50, show_default=True, help="The newest N (0: all).")
+@json_option
+def transactions(card_id, last, as_json):
+    """A card's transactions, oldest first, with what each has settled, released or refunded."""
+    store = _store()
+    card = _card(store, card_id)
+    currency = card.fields["currency"]
+    ids, total = store.transaction_ids(card_id, -last if last else 0, -1)
+    views = [transaction_view(card_id, currency, *store.transaction(card_id, tx_id)) for tx_id in ids]
+    if as_json:
+        _emit({"cardId": card_id, "total": total, "transactions": views})
+        return
+    click.echo(f"card {card_id}: {total} transaction(s){f', the last {len(views)}' if len(views) < total else ''}")
+    for v in views:
+        if v["operation"] == "Debit":
+            detail = f"held {v['held']} settled {v['settled']} released {v['released']} refunded {v['refunded']}"
+        else:
+            detail = f"settled {v['settled']} cancelled {v['cancelled']}"
+        order = f" order {v['orderId']}" if v["orderId"] else ""
+        click.echo(
+            f"  {v['date']}  {v['operation']:<6} {v['value']:>12} {currency}  {detail}  "
+            f"tx {v['id']} requestId {v['requestId']}{order}"
+        )
+
+
+# -- status -------------------------------------------------------------------
+
+reason_option = click.option("--reason", required=True, help="Why: recorded on the card with the time of the change.")
+
+
+def _set_status(card_id: str, status: str, reason: str, as_json: bool) -> None:
+    reason = reason.strip()
+    if not reason or len(reason) > 500:
+        raise click.BadParameter("must be 1 to 500 characters, not blank", param_hint="'--reason'")
+    store = _store()
+    _card(store, card_id)
+    try:
+        changed, previous, changed_ms = store.set_status(card_id, status, reason)
+    except Refused as exc:
+        if exc.code != "card_inactive":
+            raise
+        raise click.ClickException(f"card {card_id} is deactivated, and that is final") from exc
+    card = _card(store, card_id)
+    if as_json:
+        _emit({"changed": changed, "previousStatus": previous, "card": card_view(card)})
+        return
+    if not changed:
+        click.echo(f"card {card_id} is already {status}: nothing changed")
+        return
+    click.echo(f"card {card_id}: {previous} -> {status} ({reason}, {iso(changed_ms)})")
+    held = int(card.fields["held"]) - card.due_holds
+    if status == "inactive" and (card.balance or held):
+        cur, exponent = card.fields["currency"], card.exponent
+        click.echo(
+            f"note: {major(card.balance, exponent)} {cur} available and {major(held, exponent)} {cur} held stay "
+            "on the card; its holds can still be settled or cancelled"
+        )
+
+
+@cards.command("block")
+@click.argument("card_id", type=CARD_ID)
+@reason_option
+@json_option
+def block(card_id, reason, as_json):
+    """Block a card: it accepts no new debit or credit until unblocked.
+
+    Holds already taken can still be settled or cancelled.
+    """
+    _set_status(card_id, "blocked", reason, as_json)
+
+
+@cards.command("unblock")
+@click.argument("card_id", type=CARD_ID)
+@reason_option
+@json_option
+def unblock(card_id, reason, as_json):
+    """Make a blocked card active again (a deactivated card stays deactivated)."""
+    _set_status(card_id, "active", reason, as_json)
+
+
+@cards.command("deactivate")
+@click.argument("card_id", type=CARD_ID)
+@reason_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+def deactivate(card_id, reason, yes, as_json):
+    """Deactivate a card for good: it never accepts a new transaction again.
+
+    Its money stays on the ledger (verify and export still see it); holds
+    already taken can still be settled or cancelled.
+    """
+    if not yes:
+        click.confirm(f"Deactivate card {card_id} for good?", abort=True)
+    _set_status(card_id, "inactive", reason, as_json)
+
+
+# -- ledger -------------------------------------------------------------------
+
+
+@cards.command("verify")
+@click.argument("card_id", type=CARD_ID, required=False)
+@json_option
+def verify(card_id, as_json):
+    """Recompute cards from their journals; exit 1 naming every card that does not add up.
+
+    Checks one card, or every card (by SCAN) when CARD_ID is left out.
+    """
+    store = _store()
+    checked, failed = 0, {}
+    for cid in [card_id] if card_id else card_ids(store.redis, store.keys):
+        checked += 1
+        problems = verify_card(store.redis, store.keys, cid)
+        if problems:
+            failed[cid] = problems
+    if as_json:
+        _emit({"checked": checked, "ok": not failed, "failed": failed})
+        if failed:
+            click.get_current_context().exit(1)
+        return
+    for problems in failed.values():
+        for problem in problems:
+            click.echo(problem)
+    if failed:
+        raise click.ClickException(
+            f"ledger verification failed on {len(failed)} of {checked} card(s): {', '.join(sorted(failed))}"
+        )
+    click.echo(f"verified {checked} card(s): every balance follows from its journal")
+
+
+@cards.command("export")
+@click.argument("card_id", type=CARD_ID, required=False)
+@click.option("--output", "-o", type=click.File("w"), default="-", help="File to write. [default: stdout]")
+@click.option("--since", type=DATE, help="Only entries at or after DATE (ISO 8601, UTC unless an offset is given).")
+@click.option("--until", type=DATE, help="Only entries before DATE.")
+def export(card_id, output, since, until):
+    """Write journals as NDJSON for finance: one JSON object per money movement.
+
+    One card, or every card when CARD_ID is left out. Each line carries the
+    card id, currency, entry kind, transaction id, time (ISO 8601 UTC), and
+    every amount twice: exact major units as a string ("12.50") and integer
+    minor units. A summary goes to stderr.
+    """
+    store = _store()
+    written = exported_cards = 0
+    for cid in [card_id] if card_id else card_ids(store.redis, store.keys):
+        card = _card(store, cid)
+        currency, exponent = card.fields["currency"], card.exponent
+        exported_cards += 1
+        after = "-"
+        while page := store.journal(cid, after=after, count=JOURNAL_PAGE):
+            for entry_id, entry in page:
+                at = int(entry["at"])
+                if (since is None or at >= since) and (until is None or at < until):
+                    output.write(json.dumps(journal_view(cid, currency, exponent, entry_id, entry)) + "\n")
+                    written += 1
+            after = page[-1][0]
+    click.echo(f"exported {written} journal entries from {exported_cards} card(s)", err=True)
+
+
+# -- holds --------------------------------------------------------------------
+
+
+def expire_all_holds(store: LedgerStore) -> dict:
+    """Release every hold past its deadline, card by card. One FCALL per card with holds (plus one per 100 due)."""
+    released, errors = {}, {}
+    card_ids_with_holds = list(store.cards_with_holds())
+    for cid in card_ids_with_holds:
+        try:
+            while count := store.expire_holds(cid):
+                released[cid] = released.get(cid, 0) + count
+        except StoreUnavailable:
+            raise
+        except ProviderError as exc:  # e.g. a card removed by hand under its holds
+            errors[cid] = exc.message
+    return {
+        "cardsWithHolds": len(card_ids_with_holds),
+        "holdsReleased": sum(released.values()),
+        "released": released,
+        "errors": errors,
+    }
+
+
+@cards.command("expire-holds")
+@json_option
+def expire_holds(as_json):
+    """Release every hold past its deadline now, on every card holding money.
+
+    Money calls and reads already treat an expired hold as released; this
+    writes the release (an "expired" cancellation) so the records catch up.
+    The clock process runs it every minute (see `sweep`).
+    """
+    result = expire_all_holds(_store())
+    if as_json:
+        _emit(result)
+    else:
+        click.echo(
+            f"released {result['holdsReleased']} expired hold(s) on {len(result['released'])} card(s) "
+            f"({result['cardsWithHolds']} card(s) holding money)"
+        )
+        for cid, message in result["errors"].items():
+            click.echo(f"card {cid}: {message}", err=True)
+    if result["errors"]:
+        click.get_current_context().exit(1)
+
+
+@cards.command("sweep")
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Time from the start of one pass to the start of the next.",
+)
+@click.option(
+    "--passes", type=click.IntRange(min=0), default=0, help="Stop after N passes. [default: run until stopped]"
+)
+def sweep(every, passes):
+    """Run expire-holds every SECONDS until SIGTERM or Ctrl-C: the Procfile's clock process.
+
+    A failed pass (Redis down) is reported and retried at the next one; a
+    SIGTERM (a dyno restart) lets the current pass finish, then exits 0.
+    """
+    store = _store()
+    stop: list[str] = []
+
+    def request_stop(signum, frame):
+        stop.append(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        click.echo(f"sweep: releasing expired holds every {every:g} s")
+        done = 0
+        while not stop:
+            started = time.monotonic()
+            try:
+                result = expire_all_holds(store)
+                if result["holdsReleased"]:
+                    click.echo(
+                        f"sweep: released {result['holdsReleased']} expired hold(s) "
+                        f"on {len(result['released'])} card(s)"
+                    )
+                for cid, message in result["errors"].items():
+                    click.echo(f"sweep: card {cid}: {message}", err=True)
+            except (ProviderError, redis.RedisError) as exc:
+                click.echo(f"sweep: pass failed, retrying in {every:g} s: {exc}", err=True)
+            done += 1
+            if passes and done >= passes:
+                break
+            while not stop and (left := started + every - time.monotonic()) > 0:
+                time.sleep(min(left, 0.5))  # a signal is seen within half a second
+        click.echo(f"sweep: stopped after {done} pass(es){f' on {stop[0]}' if stop else ''}")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,238 @@
+"""Request logs (one JSON line per request on stdout) and Prometheus metrics.
+
+Logs: every line of the ``giftcard_provider`` loggers is one JSON object on
+stdout. The request line carries the method, the route template (never the raw
+path), status, latency, card and transaction ids, VTEX's ``x-vtex-operation-id``
+and ``traceparent`` when sent, and a request id that is also answered in
+``X-Request-Id``. Bodies and credential headers are never logged, so an app
+key, app token, redemption token or redemption code cannot reach the log.
+
+Metrics: ``GET /metrics`` (unauthenticated, outside the protocol). Under
+gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` (set by gunicorn.conf.py) makes every
+worker write its samples to files there and the endpoint adds them up; without
+it, the process's own registry is served.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from .config import ConfigError
+
+log = logging.getLogger("giftcard_provider.requests")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{8,128}")
+_MAX_TRACE_HEADER = 256
+# Endpoints polled by machines: logged at DEBUG only.
+QUIET_ENDPOINTS = frozenset({"probes.health", "probes.ready", "observability.metrics"})
+PATH_PARAMETERS = {"giftCardId": "card_id", "transactionId": "transaction_id", "tId": "transaction_id"}
+
+# -- metrics ------------------------------------------------------------------
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 15.0)
+
+HTTP_REQUESTS = Counter("giftcard_http_requests_total", "HTTP requests answered.", ["method", "route", "status"])
+HTTP_LATENCY = Histogram(
+    "giftcard_http_request_duration_seconds",
+    "Time from the start of the request to its response, by route template.",
+    ["method", "route", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+LEDGER_OUTCOMES = Counter(
+    "giftcard_ledger_outcomes_total",
+    "Ledger decisions: operation (debit, credit, settlement, cancellation, expiry), outcome "
+    "(authorized, settled, cancelled, expired, replayed, refused, conflict, not_found, invalid), "
+    "reason (the refusal code or conflicting field).",
+    ["operation", "outcome", "reason"],
+)
+REDIS_ERRORS = Counter(
+    "giftcard_redis_errors_total",
+    "Redis calls that failed as unavailable (answered 503), by component (ledger, limiter).",
+    ["component", "error"],
+)
+CODE_LOOKUPS = Counter(
+    "giftcard_code_lookups_total",
+    "Searches by redemption code: found, not_found (counted against the limits), throttled.",
+    ["outcome"],
+)
+CODE_LOOKUPS_THROTTLED = Counter(
+    "giftcard_code_lookups_throttled_total",
+    "Searches by redemption code refused by a limit, by the limit that was spent (client, address).",
+    ["scope"],
+)
+
+_LEDGER_FUNCTIONS = {
+    "gc_authorize": None,  # debit or credit: from the call's operation argument
+    "gc_settle": "settlement",
+    "gc_cancel": "cancellation",
+    "gc_expire_holds": "expiry",
+}
+_DONE = {"debit": "authorized", "credit": "authorized", "settlement": "settled", "cancellation": "cancelled"}
+_REPLY_OUTCOMES = {"replay": "replayed", "conflict": "conflict", "not_found": "not_found"}
+
+
+def ledger_reply(function: str, args: list, reply: list) -> None:
+    """Count what a ledger.lua money function decided. Called by LedgerStore for every FCALL."""
+    if function not in _LEDGER_FUNCTIONS or not reply:
+        return
+    operation = _LEDGER_FUNCTIONS[function] or str(args[1]).lower()
+    status = _text(reply[0])
+    if operation == "expiry":
+        if status == "ok" and int(reply[1]):
+            LEDGER_OUTCOMES.labels(operation, "expired", "").inc(int(reply[1]))
+        return
+    if status == "ok":
+        LEDGER_OUTCOMES.labels(operation, _DONE[operation], "").inc()
+    elif status == "conflict":
+        LEDGER_OUTCOMES.labels(operation, "conflict", _text(reply[1])).inc()
+    elif status in _REPLY_OUTCOMES:
+        LEDGER_OUTCOMES.labels(operation, _REPLY_OUTCOMES[status], "").inc()
+    elif status.startswith("invalid"):
+        LEDGER_OUTCOMES.labels(operation, "invalid", status).inc()
+    else:
+        LEDGER_OUTCOMES.labels(operation, "refused", status).inc()
+
+
+def redis_error(component: str, exc: BaseException) -> None:
+    REDIS_ERRORS.labels(component, type(exc).__name__).inc()
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def metrics_text() -> bytes:
+    """The exposition text: every worker's samples in multiprocess mode, else this process's."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+blp = Blueprint("observability", __name__)
+
+
+@blp.get("/metrics")
+def metrics():
+    """Prometheus metrics (no credentials: keep it off the public internet at the router)."""
+    return Response(metrics_text(), content_type=CONTENT_TYPE_LATEST)
+
+
+# -- logs ---------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, then the record's `fields`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+class StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a line is emitted (gunicorn and pytest replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines on stdout for the package's loggers; idempotent (create_app may run many times)."""
+    if level.upper() not in logging.getLevelNamesMapping():
+        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
+    logger = logging.getLogger("giftcard_provider")
+    if not any(isinstance(h, StdoutHandler) for h in logger.handlers):
+        handler = StdoutHandler()
+        handler.setFormatter(JsonFormatter())
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
+
+
+def _request_id() -> str:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return given if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def _trace_header(name: str) -> str | None:
+    value = request.headers.get(name)
+    return value[:_MAX_TRACE_HEADER] if value else None
+
+
+def _start_request() -> None:
+    g.request_started = time.perf_counter()
+    g.request_id = _request_id()
+
+
+def _finish_request(response: Response) -> Response:
+    started = g.get("request_started") or time.perf_counter()
+    elapsed = time.perf_counter() - started
+    request_id = g.get("request_id") or _request_id()
+    response.headers[REQUEST_ID_HEADER] = request_id
+    route = request.url_rule.rule if request.url_rule else "unmatched"
+    status = response.status_code
+    HTTP_REQUESTS.labels(request.method, route, status).inc()
+    HTTP_LATENCY.labels(request.method, route, status).observe(elapsed)
+
+    fields = {
+        "request_id": request_id,
+        "method": request.method,
+        "route": route,
+        "status": status,
+        "duration_ms": round(elapsed * 1000, 3),
+    }
+    for parameter, field in PATH_PARAMETERS.items():
+        if request.view_args and parameter in request.view_args:
+            fields[field] = request.view_args[parameter]
+    for header, field in (("x-vtex-operation-id", "vtex_operation_id"), ("traceparent", "traceparent")):
+        if value := _trace_header(header):
+            fields[field] = value
+    if status >= 400 and response.is_json:
+        body = response.get_json(silent=True)
+        if isinstance(body, dict) and isinstance(body.get("code"), str):
+            fields["error"] = body["code"]
+    if "code_lookup" in g:
+        fields["code_lookup"] = g.code_lookup
+    level = logging.DEBUG if request.endpoint in QUIET_ENDPOINTS else logging.INFO
+    log.log(level, "request", extra={"fields": fields})
+    return response
+
+
+def init_app(app: Flask, log_level: str = "INFO") -> None:
+    """Register the request hooks (first, so that refused credentials are logged too) and /metrics."""
+    configure_logging(log_level)
+    app.before_request_funcs.setdefault(None, []).insert(0, _start_request)
+    app.after_request(_finish_request)
+    app.register_blueprint(blp)

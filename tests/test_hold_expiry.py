@@ -1,0 +1,148 @@
+"""Holds that are neither settled nor cancelled are released after HOLD_LIFETIME_SECONDS (Redis's clock)."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import pytest
+
+from giftcard_provider import create_app
+
+from .conftest import APP_KEY, APP_TOKEN, make_settings
+from .hub import Hub, body
+from .snapshot import assert_rejected
+
+LIFETIME = 0.2  # seconds
+
+
+@pytest.fixture
+def short(backend):
+    """(hub, store) of an app whose holds live LIFETIME seconds."""
+    app = create_app(make_settings(hold_lifetime_seconds=LIFETIME), redis_client=backend)
+    hub = Hub(app.test_client(), {"X-PROVIDER-API-AppKey": APP_KEY, "X-PROVIDER-API-AppToken": APP_TOKEN})
+    return hub, app.extensions["giftcard_provider"]["store"]
+
+
+def ok(response):
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return body(response)
+
+
+def past_deadline() -> None:
+    time.sleep(LIFETIME + 0.05)
+
+
+def cancellations(hub, card_id: str, tx: str) -> list[dict]:
+    return ok(hub.get(f"/giftcards/{card_id}/transactions/{tx}/cancellations"))
+
+
+def test_expired_hold_returns_to_the_card(short):
+    hub, store = short
+    card = hub.funded_card(Decimal("10"), currencyCode="BRL")
+    tx = hub.debit(card["id"], Decimal("4"))
+    past_deadline()
+    assert hub.balance(card["id"]) == 10  # GET card counts the due hold as available at once
+    [found] = ok(hub.search(card["redemptionCode"]))
+    assert found["balance"] == 10
+    refused = hub.settle(card["id"], tx, Decimal("4"))
+    assert refused.status_code == 422
+    assert body(refused) == {"code": "exceeds_settleable", "message": body(refused)["message"]}
+    [record] = cancellations(hub, card["id"], tx)
+    assert record["value"] == 4
+    assert record["oid"] and record["oid"] != tx
+    assert ok(hub.get(f"/giftcards/{card['id']}/transactions/{tx}/settlements")) == []
+    [raw] = store.redis.lrange(store.keys.cancellations(card["id"], tx), 0, -1)
+    assert raw.endswith("|expired")
+    assert store.redis.zcard(store.keys.holds(card["id"])) == 0
+    hub.debit(card["id"], Decimal("10"))  # the released money can be spent again
+    assert hub.balance(card["id"]) == 0
+
+
+def make_due(store, card_id: str, tx: str) -> None:
+    """Move a hold's deadline into the past (as if its lifetime had run out), without waiting."""
+    assert store.redis.zadd(store.keys.holds(card_id), {tx: 1}, xx=True, ch=True) == 1
+    store.redis.hset(store.keys.transaction(card_id, tx), "holdDeadlineMs", 1)
+
+
+def test_expiry_releases_only_what_is_still_held(hub, store):
+    card = hub.funded_card(Decimal("10"), currencyCode="BRL")
+    tx = hub.debit(card["id"], Decimal("4"))
+    ok(hub.settle(card["id"], tx, Decimal("1")))
+    make_due(store, card["id"], tx)
+    assert hub.balance(card["id"]) == 9
+    ok(hub.cancel(card["id"], tx, Decimal("1")))  # the settled part can still be refunded
+    assert [r["value"] for r in cancellations(hub, card["id"], tx)] == [3, 1]
+    assert hub.balance(card["id"]) == 10
+    assert_rejected(store.redis, lambda: hub.cancel(card["id"], tx, Decimal("0.01")), 422, "exceeds_cancellable")
+
+
+def test_cancelling_an_expired_hold_adds_up_for_the_hub(short):
+    hub, _ = short
+    card = hub.funded_card(Decimal("10"), currencyCode="BRL")
+    tx = hub.debit(card["id"], Decimal("4"))
+    past_deadline()
+    response = hub.cancel(card["id"], tx, Decimal("4"))
+    assert response.status_code == 422
+    assert body(response)["code"] == "exceeds_cancellable"
+    # The Hub sums the GET list: the expiry counts as the cancellation it wanted.
+    assert sum(r["value"] for r in cancellations(hub, card["id"], tx)) == 4
+    assert hub.balance(card["id"]) == 10
+
+
+def test_only_due_unsettled_holds_expire(hub, store):
+    card = hub.funded_card(Decimal("10"), currencyCode="BRL")
+    settled, due, young = (hub.debit(card["id"], Decimal(v)) for v in ("4", "2", "1"))
+    ok(hub.settle(card["id"], settled, Decimal("4")))  # fully settled: no longer a hold
+    make_due(store, card["id"], due)
+    assert hub.balance(card["id"]) == 5  # 10 - 4 settled - 1 still held
+    hub.credit(card["id"], 1)  # a money call runs the expiry pass
+    assert cancellations(hub, card["id"], settled) == []
+    assert [r["value"] for r in cancellations(hub, card["id"], due)] == [2]
+    assert cancellations(hub, card["id"], young) == []
+    assert hub.balance(card["id"]) == 6
+    ok(hub.settle(card["id"], young, Decimal("1")))  # a hold within its lifetime can still be captured
+
+
+def test_expired_debit_frees_a_single_redemption_card(short):
+    hub, _ = short
+    card = hub.funded_card(Decimal("10"), currencyCode="BRL", multipleRedemptions=False)
+    hub.debit(card["id"], Decimal("4"))
+    past_deadline()
+    hub.debit(card["id"], Decimal("10"))
+    assert hub.balance(card["id"]) == 0
+
+
+def test_many_expired_holds_come_back_together(short):
+    hub, _ = short
+    card = hub.funded_card(Decimal("10"), currencyCode="BRL")
+    txs = [hub.debit(card["id"], Decimal("1.5")) for _ in range(4)]
+    past_deadline()
+    assert hub.balance(card["id"]) == 10
+    hub.credit(card["id"], 1)
+    assert [len(cancellations(hub, card["id"], t)) for t in txs] == [1, 1, 1, 1]
+    assert hub.balance(card["id"]) == 11
+
+
+def test_sweeper_call_releases_due_holds(short):
+    hub, store = short
+    card = hub.funded_card(Decimal("10"), currencyCode="BRL")
+    tx = hub.debit(card["id"], Decimal("4"))
+    past_deadline()
+    assert store.expire_holds(card["id"]) == 1
+    assert store.expire_holds(card["id"]) == 0
+    assert [r["value"] for r in cancellations(hub, card["id"], tx)] == [4]
+    assert hub.balance(card["id"]) == 10
+
+
+def test_expiry_is_visible_in_the_list_without_a_money_call(short):
+    hub, store = short
+    card = hub.funded_card(Decimal("10"), currencyCode="BRL")
+    tx = hub.debit(card["id"], Decimal("4"))
+    past_deadline()
+    assert hub.balance(card["id"]) == 10
+    pending = cancellations(hub, card["id"], tx)
+    assert [r["value"] for r in pending] == [4]
+    # The listed record is exactly the one the release then writes: same oid, value and date.
+    assert store.expire_holds(card["id"]) == 1
+    assert cancellations(hub, card["id"], tx) == pending
