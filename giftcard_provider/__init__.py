@@ -47,6 +47,8 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
         OPENAPI_SWAGGER_UI_PATH="docs",
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
     )
+    # JSON logs from here on; its request hooks run before the credentials check.
+    observability.init_app(app, settings.log_level)
     store = LedgerStore(redis_client or connect(settings), settings)
     app.extensions["giftcard_provider"] = {
         "store": store,
@@ -54,7 +56,6 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
         "throttle": CodeLookupThrottle(store.redis, settings),
     }
 
-    observability.init_app(app, settings.log_level)  # its hooks run before the credentials check
     app.before_request(check_credentials)
     app.register_error_handler(ProviderError, error_response)
 

@@ -20,7 +20,7 @@ import marshmallow as ma
 from flask import jsonify
 from webargs import core
 from webargs.flaskparser import FlaskParser
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from schemas.common import EpochMs, MoneyField
 
@@ -36,6 +36,11 @@ class BodyParser(FlaskParser):
     def _raw_load_json(self, req):
         # Whatever the Content-Type says, a non-empty body must be JSON.
         data = req.get_data(cache=True)
+        # Werkzeug stops reading a streamed (chunked) body at the limit without a word: if more follows, 413.
+        limit = req.max_content_length
+        streamed = req.environ.get("wsgi.input_terminated")
+        if streamed and limit is not None and len(data) >= limit and req.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
         if not data.strip():
             return core.missing
         try:

@@ -154,11 +154,6 @@ class CodeLookupThrottle:
                 for item in self.limits[scope]:
                     self.limiter.hit(item, scope, key)
 
-    def clear(self, scope: str, identity: str) -> None:
-        """Forget the failures of one client identity or address (operators' tool)."""
-        for item in self.limits[scope]:
-            self.limiter.clear(item, scope, self._hashed(identity))
-
 
 def code_lookups() -> CodeLookupThrottle:
     return current_app.extensions["giftcard_provider"]["throttle"]
