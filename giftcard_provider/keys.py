@@ -26,6 +26,8 @@ Global indexes (outside any card's slot; written only when a card is created)::
     gc:code:<hmac>                string  card id, by HMAC-SHA256 of the normalised
                                           redemption code (a dump leaks no spendable code)
     gc:owner:<profileId>          set     ids of the cards owned by a profile (id or email)
+    gc:limits:...                         failed code look-up counters, written by the `limits`
+                                          library (throttle.py), not by this module
 
 ``gc`` is the configurable ``REDIS_KEY_PREFIX``.
 """
