@@ -19,7 +19,7 @@ import re
 import signal
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import click
@@ -28,7 +28,7 @@ from flask import current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
-from schemas.common import epoch_ms
+from schemas.common import epoch_ms, iso_ms
 from schemas.giftcards import CreateCardRequestSchema
 
 from .blueprints import email_or_id
@@ -41,7 +41,6 @@ from .observability import StdoutHandler
 from .store import Card, LedgerStore
 from .verify import card_ids, verify_card
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _AMOUNT = re.compile(r"\d+(\.\d+)?")
 JOURNAL_PAGE = 1000
 
@@ -169,12 +168,6 @@ def _settings() -> Settings:
     return current_app.config["SETTINGS"]
 
 
-def iso(ms: int | str) -> str:
-    """Epoch milliseconds -> "2025-01-31T12:00:00.000Z"."""
-    moment = _EPOCH + timedelta(milliseconds=int(ms))
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 def major(minor: int, exponent: int) -> str:
     """Minor units -> an exact major-unit string with the currency's decimals: 1250, 2 -> "12.50"."""
     return str(Decimal(minor).scaleb(-exponent))
@@ -221,7 +214,7 @@ def card_view(card: Card) -> dict:
         "id": card.id,
         "status": f["status"],
         "statusReason": f.get("statusReason", ""),
-        "statusChangedAt": iso(f["statusChangedMs"]) if f.get("statusChangedMs") else None,
+        "statusChangedAt": iso_ms(f["statusChangedMs"]) if f.get("statusChangedMs") else None,
         "currency": f["currency"],
         "balance": major(card.balance, exponent),
         "balanceMinor": card.balance,
@@ -231,15 +224,10 @@ def card_view(card: Card) -> dict:
         "expiredHoldsMinor": card.due_holds,
         "usable": card.usable,
         "redemptionCode": mask(f["codeLast4"]),
-        "relationName": f["relationName"],
-        "caption": f["caption"],
-        "profileId": f["profileId"],
-        "restrictedToOwner": f["restrictedToOwner"] == "1",
-        "multipleRedemptions": f["multipleRedemptions"] == "1",
-        "multipleCredits": f["multipleCredits"] == "1",
-        "emissionDate": iso(f["emissionMs"]),
-        "expiringDate": iso(f["expiringMs"]),
-        "createdAt": iso(f["createdMs"]),
+        **card.terms(),
+        "emissionDate": iso_ms(f["emissionMs"]),
+        "expiringDate": iso_ms(f["expiringMs"]),
+        "createdAt": iso_ms(f["createdMs"]),
     }
 
 
@@ -251,7 +239,7 @@ def journal_view(card_id: str, currency: str, exponent: int, entry_id: str, entr
         "currency": currency,
         "seq": int(entry["seq"]),
         "entryId": entry_id,
-        "at": iso(entry["at"]),
+        "at": iso_ms(entry["at"]),
         "kind": entry["kind"],
         "transactionId": entry["tx"],
         "ref": entry["ref"],
@@ -272,7 +260,7 @@ def transaction_view(card_id: str, currency: str, fields: dict, exponent: int) -
         "operation": fields["operation"],
         "value": major(int(fields["value"]), exponent),
         "valueMinor": int(fields["value"]),
-        "date": iso(fields["dateMs"]),
+        "date": iso_ms(fields["dateMs"]),
         "requestId": fields["requestId"],
         "orderId": fields.get("orderId", ""),
     }
@@ -281,7 +269,7 @@ def transaction_view(card_id: str, currency: str, fields: dict, exponent: int) -
         view[counter] = major(int(fields[counter]), exponent)
         view[f"{counter}Minor"] = int(fields[counter])
     if debit:
-        view["holdDeadline"] = iso(fields["holdDeadlineMs"])
+        view["holdDeadline"] = iso_ms(fields["holdDeadlineMs"])
     return view
 
 
@@ -435,7 +423,7 @@ def issue(
         expiring_ms=expiring_ms,
     )
     if not as_json:
-        window = f"{iso(card.fields['emissionMs'])} to {iso(card.fields['expiringMs'])}"
+        window = f"{iso_ms(card.fields['emissionMs'])} to {iso_ms(card.fields['expiringMs'])}"
         click.echo(f"issued card {card.id} ({currency}), valid {window}")
         click.echo(f"redemption code: {code}")
         click.echo("(shown this once: hand it to the customer now)")
@@ -492,7 +480,7 @@ def load(card_id, amount, request_id, as_json):
                 "currency": currency,
                 "amount": major(minor, card.exponent),
                 "amountMinor": minor,
-                "date": iso(date_ms),
+                "date": iso_ms(date_ms),
                 "balance": major(card.balance, card.exponent),
                 "balanceMinor": card.balance,
             }
@@ -588,7 +576,7 @@ def _set_status(card_id: str, status: str, reason: str, as_json: bool) -> None:
     if not changed:
         click.echo(f"card {card_id} is already {status}: nothing changed")
         return
-    click.echo(f"card {card_id}: {previous} -> {status} ({reason}, {iso(changed_ms)})")
+    click.echo(f"card {card_id}: {previous} -> {status} ({reason}, {iso_ms(changed_ms)})")
     held = int(card.fields["held"]) - card.due_holds
     if status == "inactive" and (card.balance or held):
         cur, exponent = card.fields["currency"], card.exponent

@@ -85,9 +85,15 @@ class Keys:
         return f"{self.prefix}:owner:{profile_id}"
 
     def all_cards_pattern(self) -> str:
-        """For operators' SCAN (verify, sweeper): never used on a request path."""
+        """For operators' SCAN (verify, export): never used on a request path."""
         return f"{self.prefix}:{{*}}:card"
 
     def holds_pattern(self) -> str:
         """For the hold-expiry sweeper's SCAN: the hold deadlines of every card with open holds."""
         return f"{self.prefix}:{{*}}:holds"
+
+    def card_id_in(self, key: str) -> str | None:
+        """The card id of a per-card key found by SCAN ("gc:{C}:holds" -> "C"), or None."""
+        head = f"{self.prefix}:{{"
+        card_id = key[len(head) : key.find("}", len(head))] if key.startswith(head) else ""
+        return card_id if is_valid_id(card_id) else None

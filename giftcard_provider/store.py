@@ -94,6 +94,18 @@ class Card:
             f["status"] == "active" and int(f["emissionMs"]) <= self.now_ms < int(f["expiringMs"]) and self.balance > 0
         )
 
+    def terms(self) -> dict:
+        """What the card was issued with, in the protocol's names and types."""
+        f = self.fields
+        return {
+            "relationName": f["relationName"],
+            "caption": f["caption"],
+            "profileId": f["profileId"],
+            "restrictedToOwner": f["restrictedToOwner"] == "1",
+            "multipleRedemptions": f["multipleRedemptions"] == "1",
+            "multipleCredits": f["multipleCredits"] == "1",
+        }
+
     def visible_to(self, identities: set[str]) -> bool:
         return self.fields.get("restrictedToOwner") != "1" or self.fields["profileId"] in identities
 
@@ -291,11 +303,10 @@ class LedgerStore:
 
     def cards_with_holds(self) -> Iterator[str]:
         """Ids of the cards holding money, by SCAN (the sweeper's tool: never on a request path)."""
-        head, tail = len(self.keys.prefix) + 2, len("}:holds")  # "gc:{" ... "}:holds"
         with _translated_errors():
             for key in self.redis.scan_iter(match=self.keys.holds_pattern(), count=1000):
-                if is_valid_id(key[head:-tail]):
-                    yield key[head:-tail]
+                if card_id := self.keys.card_id_in(key):
+                    yield card_id
 
     # -- transactions -------------------------------------------------------
 

@@ -109,9 +109,9 @@ def _verify_transaction(client, keys: Keys, card_id: str, tx_id: str, holding: s
 
 def card_ids(client: redis.Redis, keys: Keys) -> Iterator[str]:
     """Every card id, by SCAN (operators' tool: never on a request path)."""
-    head = len(keys.prefix) + 2  # "gc:{"
     for key in client.scan_iter(match=keys.all_cards_pattern(), count=1000):
-        yield key[head : -len("}:card")]
+        if card_id := keys.card_id_in(key):
+            yield card_id
 
 
 def verify_all(client: redis.Redis, keys: Keys) -> tuple[int, list[str]]:

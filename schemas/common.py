@@ -47,10 +47,13 @@ class EpochMs(fields.Field):
     """Epoch milliseconds out as ISO 8601 UTC: 1700000000123 -> "2023-11-14T22:13:20.123Z"."""
 
     def _serialize(self, value, attr, obj, **kwargs):
-        if value is None:
-            return None
-        moment = _EPOCH + timedelta(milliseconds=int(value))
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        return None if value is None else iso_ms(value)
+
+
+def iso_ms(epoch_milliseconds: int | str) -> str:
+    """Epoch milliseconds -> ISO 8601 UTC with milliseconds: "2023-11-14T22:13:20.123Z"."""
+    moment = _EPOCH + timedelta(milliseconds=int(epoch_milliseconds))
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def epoch_ms(moment: datetime) -> int:

@@ -44,12 +44,7 @@ def card_body(card: Card, full_code: str | None = None) -> dict:
         "expiringDate": f["expiringMs"],
         "currencyCode": f["currency"],
         "discount": False,
-        "relationName": f["relationName"],
-        "caption": f["caption"],
-        "profileId": f["profileId"],
-        "restrictedToOwner": f["restrictedToOwner"] == "1",
-        "multipleRedemptions": f["multipleRedemptions"] == "1",
-        "multipleCredits": f["multipleCredits"] == "1",
+        **card.terms(),
         "status": f["status"],
         # The endpoint's schema says "transactions", the shared one and the guide "transaction".
         "transactions": transactions,
