@@ -55,7 +55,7 @@ def card_body(card: Card, full_code: str | None = None) -> dict:
 
 @blp.route("/_search")
 class Search(MethodView):
-    @blp.arguments(SearchRequestSchema)
+    @blp.arguments(SearchRequestSchema())  # an instance: webargs would build one per request from a class
     @blp.response(200, SearchResultSchema(many=True))
     def post(self, body):
         """Find the card a redemption code names, or the client's own cards.
@@ -84,7 +84,7 @@ class Search(MethodView):
 
 @blp.route("")
 class GiftCards(MethodView):
-    @blp.arguments(CreateCardRequestSchema)
+    @blp.arguments(CreateCardRequestSchema())  # an instance: webargs would build one per request from a class
     @blp.response(200, CardSchema)
     def post(self, body):
         """Create a card with balance 0; money arrives through Credit transactions.

@@ -35,7 +35,7 @@ def operation_blueprint(
     )
 
     class Operations(MethodView):
-        @blp.arguments(OperationRequestSchema)
+        @blp.arguments(OperationRequestSchema())  # an instance: webargs would build one per request from a class
         @blp.response(200, OperationSchema)
         def post(self, body, giftCardId, **path):
             _, op, exponent = apply(

@@ -24,7 +24,7 @@ def transaction_ref(card_id: str, tx_id: str) -> dict:
 
 @blp.route("")
 class Transactions(MethodView):
-    @blp.arguments(TransactionRequestSchema)
+    @blp.arguments(TransactionRequestSchema())  # an instance: webargs would build one per request from a class
     @blp.response(200, TransactionRefSchema)
     def post(self, body, giftCardId):
         """Authorize a Debit (the value is held at once) or apply a Credit.
