@@ -26,8 +26,11 @@ Global indexes (outside any card's slot; written only when a card is created)::
     gc:code:<hmac>                string  card id, by HMAC-SHA256 of the normalised
                                           redemption code (a dump leaks no spendable code)
     gc:owner:<profileId>          set     ids of the cards owned by a profile (id or email)
-    gc:limits:...                         failed code look-up counters, written by the `limits`
+    gc:limits:LIMITER/...                 failed code look-up counters, written by the `limits`
                                           library (throttle.py), not by this module
+    gc:limits:throttled/<scope>/<hmac>
+                                  string  the limit that is spent (e.g. "10 per 1 minute"), while
+                                          it is: expires with the limit's window
 
 ``gc`` is the configurable ``REDIS_KEY_PREFIX``.
 """
@@ -83,6 +86,10 @@ class Keys:
 
     def owner_index(self, profile_id: str) -> str:
         return f"{self.prefix}:owner:{profile_id}"
+
+    def throttled(self, scope: str, subject_digest: str) -> str:
+        """Present while a client's or address's failed code look-up limit is spent (throttle.py)."""
+        return f"{self.prefix}:limits:throttled/{scope}/{subject_digest}"
 
     def all_cards_pattern(self) -> str:
         """For operators' SCAN (verify, export): never used on a request path."""

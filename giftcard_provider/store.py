@@ -262,11 +262,27 @@ class LedgerStore:
 
     def find_by_code(self, code: str) -> Card | None:
         """The card a redemption code names, or None. Two round trips: index, then card."""
+        return self.find_by_code_unless(code, [])[1]
+
+    def find_by_code_unless(self, code: str, flag_keys: list[str]) -> tuple[list[str | None], Card | None]:
+        """Like find_by_code, but first reads `flag_keys`, with the code index in one round trip.
+
+        If any flag exists the card is not read (the throttle's flags: see throttle.py).
+        Returns (the flags' values, the card or None).
+        """
         if not normalise(code):
-            return None
-        with _translated_errors():
-            card_id = self.redis.get(self.keys.code_index(self.hasher.digest(code)))
-        return self.card(card_id) if card_id else None
+            return [None] * len(flag_keys), None
+
+        def reads(pipe):
+            if flag_keys:
+                pipe.mget(flag_keys)
+            pipe.get(self.keys.code_index(self.hasher.digest(code)))
+
+        *flags, card_id = self._pipeline(reads)
+        flags = flags[0] if flags else []
+        if any(flags) or not card_id:
+            return flags, None
+        return flags, self.card(card_id)
 
     def cards_of(self, identities: set[str]) -> list[Card]:
         """Cards owned by any of the identities (client id, email), oldest first."""

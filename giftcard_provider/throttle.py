@@ -38,6 +38,7 @@ from limits.strategies import MovingWindowRateLimiter
 from . import observability
 from .config import ConfigError, Settings
 from .errors import StoreUnavailable
+from .keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +79,38 @@ def _unavailable_as_503():
 
 @dataclass
 class CodeLookup:
-    """One code search: whether it may look the code up, and what it found."""
+    """One code search: the subjects it is counted against, and what it found."""
 
     throttle: CodeLookupThrottle
+    identities: set[str]
+    address: str
     subjects: list[tuple[str, str]]  # (scope, hashed identity)
     throttled: bool = False
+
+    @property
+    def flag_keys(self) -> list[str]:
+        """Keys that exist while a subject's limit is spent; read with the code index, one round trip."""
+        return [self.throttle.flag_key(scope, key) for scope, key in self.subjects]
+
+    def refuse(self, flags: list[str | None]) -> None:
+        """The look-up was not made: log and count which limit is spent."""
+        self.throttled = True
+        (scope, _), spent = next((s, f) for s, f in zip(self.subjects, flags, strict=True) if f)
+        observability.CODE_LOOKUPS.labels("throttled").inc()
+        observability.CODE_LOOKUPS_THROTTLED.labels(scope).inc()
+        g.code_lookup = "throttled"
+        log.warning(
+            "code look-up throttled",
+            extra={
+                "fields": {
+                    "scope": scope,
+                    "limit": spent,
+                    "clients": sorted(self.identities),
+                    "address": self.address,
+                    "request_id": g.get("request_id"),
+                }
+            },
+        )
 
     def finish(self, found: bool) -> None:
         """Record the look-up's result; a failure spends one unit of every limit."""
@@ -98,13 +126,25 @@ class CodeLookup:
 
 
 class CodeLookupThrottle:
+    """Counts failed look-ups with `limits`; a spent limit raises a flag key for its window.
+
+    Why the flag: checking every moving window before each look-up costs one
+    round trip per limit and identity (five by default), on every checkout's
+    code search. The flag makes the check one MGET that rides with the code
+    index read, so a look-up costs two round trips; only failures pay for the
+    counters. A flag lasts one whole window, so a throttled subject waits at
+    most one window longer than the moving window alone would make it.
+    """
+
     def __init__(self, client: redis.Redis, settings: Settings):
+        self.redis = client
         self.limits = {
             "client": parse_limits("CODE_LOOKUP_LIMIT", settings.code_lookup_limit),
             "address": parse_limits("CODE_LOOKUP_ADDRESS_LIMIT", settings.code_lookup_address_limit),
         }
         self.trusted_hops = settings.trusted_proxy_hops
         self._secret = settings.code_hash_secret.encode()
+        self._keys = Keys(settings.key_prefix)
         storage = RedisStorage(
             settings.redis_url,
             connection_pool=client.connection_pool,
@@ -119,40 +159,22 @@ class CodeLookupThrottle:
     def _hashed(self, value: str) -> str:
         return hmac.new(self._secret, value.encode(), hashlib.sha256).hexdigest()[:32]
 
+    def flag_key(self, scope: str, hashed: str) -> str:
+        return self._keys.throttled(scope, hashed)
+
     def begin(self, identities: set[str]) -> CodeLookup:
-        """Check every limit before the code is looked up. Raises StoreUnavailable if Redis fails."""
+        """The subjects of one code search (no Redis call: see CodeLookup.flag_keys)."""
         address = source_address(self.trusted_hops)
         subjects = [("client", self._hashed(i)) for i in sorted(identities) or [ANONYMOUS]]
         subjects.append(("address", self._hashed(address)))
-        lookup = CodeLookup(self, subjects)
-        with _unavailable_as_503():
-            for scope, key in subjects:
-                spent = next((item for item in self.limits[scope] if not self.limiter.test(item, scope, key)), None)
-                if spent is not None:
-                    lookup.throttled = True
-                    observability.CODE_LOOKUPS.labels("throttled").inc()
-                    observability.CODE_LOOKUPS_THROTTLED.labels(scope).inc()
-                    g.code_lookup = "throttled"
-                    log.warning(
-                        "code look-up throttled",
-                        extra={
-                            "fields": {
-                                "scope": scope,
-                                "limit": str(spent),
-                                "clients": sorted(identities),
-                                "address": address,
-                                "request_id": g.get("request_id"),
-                            }
-                        },
-                    )
-                    break
-        return lookup
+        return CodeLookup(self, identities, address, subjects)
 
     def spend(self, subjects: list[tuple[str, str]]) -> None:
         with _unavailable_as_503():
             for scope, key in subjects:
                 for item in self.limits[scope]:
-                    self.limiter.hit(item, scope, key)
+                    if not self.limiter.hit(item, scope, key) or not self.limiter.test(item, scope, key):
+                        self.redis.set(self.flag_key(scope, key), str(item), ex=item.get_expiry())
 
 
 def code_lookups() -> CodeLookupThrottle:

@@ -118,8 +118,13 @@ def test_counters_live_in_redis_and_are_shared_by_every_worker(backend, hub, set
     for _ in range(CLIENT_LIMIT):
         assert search(hub, WRONG, 1) == []
     keys = sorted(backend.scan_iter(match=f"{settings.key_prefix}:limits:*"))
+    counters = [k for k in keys if ":limits:throttled/" not in k]
+    flags = {k: backend.get(k) for k in keys if ":limits:throttled/" in k}
     # One moving window per limit: 2 identities x 2 client limits + 1 address limit; no identity in clear.
-    assert len(keys) == 5
+    assert len(counters) == 5
+    # The spent per-minute limit raised a flag for each identity, expiring with its window.
+    assert sorted(flags.values()) == ["3 per 1 minute"] * 2
+    assert all(0 < backend.ttl(k) <= 60 for k in flags)
     assert not any("shopper" in key or "192.0.2.1" in key for key in keys)
     other_worker = Hub(create_app(settings, redis_client=backend).test_client(), hub.headers)
     assert search(other_worker, code, 1) == []
@@ -134,10 +139,28 @@ def test_limiter_does_not_fail_open_when_redis_fails(settings):
     body = {"client": shopper(1), "cart": {"redemptionCode": WRONG}}
     response = client.post("/giftcards/_search", json=body, headers=AUTH)
     assert (response.status_code, response.json["code"]) == (503, "store_unavailable")
-    assert "rate limiter" in response.json["message"] and response.headers["Retry-After"] == "1"
+    assert response.headers["Retry-After"] == "1"
+    # The throttle's flags are read with the code index: that read fails, so nothing is looked up.
     after = samples(client)
-    assert delta(before, after, "giftcard_redis_errors_total", component="limiter", error="ConnectionError") == 1
-    assert delta(before, after, "giftcard_redis_errors_total", component="ledger", error="ConnectionError") == 0
+    assert delta(before, after, "giftcard_redis_errors_total", component="ledger", error="ConnectionError") == 1
+    assert delta(before, after, "giftcard_code_lookups_total", outcome="not_found") == 0
+
+
+def test_a_failed_count_does_not_fail_open(backend, settings, card, monkeypatch):
+    # Counting a failure is the limiter's own call: if it fails, the search is a 503, not an uncounted [].
+    from limits.errors import StorageError
+
+    app = create_app(settings, redis_client=backend)
+    throttle = app.extensions["giftcard_provider"]["throttle"]
+
+    def broken(*args, **kwargs):
+        raise StorageError(redis.ConnectionError("gone"))
+
+    monkeypatch.setattr(throttle.limiter, "hit", broken)
+    body = {"client": shopper(1), "cart": {"redemptionCode": WRONG}}
+    response = app.test_client().post("/giftcards/_search", json=body, headers=AUTH)
+    assert (response.status_code, response.json["code"]) == (503, "store_unavailable")
+    assert "rate limiter" in response.json["message"]
 
 
 @pytest.mark.parametrize("setting", ["code_lookup_limit", "code_lookup_address_limit"])

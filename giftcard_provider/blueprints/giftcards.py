@@ -69,7 +69,9 @@ class Search(MethodView):
         if code and code.strip():
             # Failed look-ups are limited per client and address; a throttled one finds nothing (throttle.py).
             lookup = code_lookups().begin(identities)
-            card = None if lookup.throttled else ledger().find_by_code(code)
+            flags, card = ledger().find_by_code_unless(code, lookup.flag_keys)
+            if any(flags):
+                lookup.refuse(flags)
             cards = [card] if card and card.visible_to(identities) and card.usable else []
             lookup.finish(found=bool(cards))
         else:
