@@ -1,0 +1,1 @@
+"""Benchmarks: standalone scripts that print figures (not pass/fail). See bench/README.md."""

@@ -1,0 +1,244 @@
+"""Redis round trips and commands per request, for every endpoint, counted by Redis itself.
+
+    python -m bench.round_trips [--requests 200]
+
+The app (create_app, production settings) runs in this process behind Flask's
+test client, on a private redis-server; the request path is the same code
+gunicorn runs. Around N requests of one endpoint the script reads, from Redis:
+
+* INFO stats `total_reads_processed`: read events on client sockets. One
+  command or one pipeline sent at once is one read event: one round trip.
+* INFO commandstats `calls`: every command executed, including the ones a
+  function (FCALL) runs inside Redis.
+* MONITOR: which of those commands the client sent (shown as `[0 127.0.0.1:port]`)
+  and which ran inside a function (`[0 lua]`).
+
+Targets: one round trip per write, at most two per read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal
+
+from giftcard_provider import create_app
+from giftcard_provider.money import Amount
+
+from .common import (
+    AUTH,
+    RedisServer,
+    card_args,
+    json_body,
+    ledger_for,
+    machine_note,
+    say,
+    seed_cards,
+    settings_for,
+    table,
+)
+
+IGNORED = {"info", "echo", "monitor"}  # this script's own commands on its stats connection
+
+
+@dataclass
+class Endpoint:
+    label: str
+    kind: str  # "write" | "read"
+    request: object  # i -> (method, path, body, headers)
+    status: int = 200
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--requests", type=int, default=200, help="requests per endpoint (default 200)")
+
+
+def endpoints(store, n: int) -> list[Endpoint]:
+    cards = seed_cards(store, 20, debits_each=2)
+    # Debits with a settlement and a cancellation each, so every GET list has a record to return.
+    for c in cards:
+        for tx in c.debits:
+            store.settle(c.id, tx, _amount("1"), f"seed-settle-{tx}")
+            store.cancel(c.id, tx, _amount("1"), f"seed-cancel-{tx}")
+    # A loyalty client owning 3 cards.
+    owned = [store.create_card(**card_args(profile_id="loyal@example.com"))[0].id for _ in range(3)]
+    for i, card_id in enumerate(owned):
+        store.authorize(card_id, operation="Credit", amount=_amount("50"), request_id=f"l{i}", **NO_EXTRA)
+    pairs = [(c, tx) for c in cards for tx in c.debits]
+    seq = itertools.count()
+    rid = lambda: f"rt-{next(seq)}"  # noqa: E731
+    pick = lambda i: cards[i % len(cards)]  # noqa: E731
+    pair = lambda i: pairs[i % len(pairs)]  # noqa: E731
+    debit = lambda i: json_body(operation="Debit", value=0.01, requestId=rid(), orderInfo={"orderId": "o1"})  # noqa: E731
+    replay = json_body(operation="Debit", value=0.01, requestId="replayed")
+    store.authorize(cards[0].id, operation="Debit", amount=_amount("0.01"), request_id="replayed", **NO_EXTRA)
+    search = lambda code: json_body(  # noqa: E731
+        client={"id": "loyal@example.com", "email": "loyal@example.com", "document": "1"},
+        cart={"redemptionCode": code, "relationName": None, "grandTotal": 1},
+    )
+    card_body = json_body(relationName="gift", caption="Bench", profileId="new@example.com", currencyCode="USD")
+    tx_path = lambda i: f"/giftcards/{pair(i)[0].id}/transactions/{pair(i)[1]}"  # noqa: E731
+    op_body = lambda: json_body(value=0.01, requestId=rid())  # noqa: E731
+    return [
+        Endpoint("POST /giftcards (create)", "write", lambda i: ("POST", "/giftcards", card_body, {})),
+        Endpoint(
+            "POST transactions (Debit)",
+            "write",
+            lambda i: ("POST", f"/giftcards/{pick(i).id}/transactions", debit(i), {}),
+        ),
+        Endpoint(
+            "POST transactions (Credit)",
+            "write",
+            lambda i: (
+                "POST",
+                f"/giftcards/{pick(i).id}/transactions",
+                json_body(operation="Credit", value=1, requestId=rid()),
+                {},
+            ),
+        ),
+        Endpoint(
+            "POST transactions (replayed Debit)",
+            "write",
+            lambda i: ("POST", f"/giftcards/{cards[0].id}/transactions", replay, {}),
+        ),
+        Endpoint("POST settlements", "write", lambda i: ("POST", f"{tx_path(i)}/settlements", op_body(), {})),
+        Endpoint("POST cancellations", "write", lambda i: ("POST", f"{tx_path(i)}/cancellations", op_body(), {})),
+        Endpoint("GET /giftcards/{id}", "read", lambda i: ("GET", f"/giftcards/{pick(i).id}", None, {})),
+        Endpoint("POST _search (by code)", "read", lambda i: ("POST", "/giftcards/_search", search(pick(i).code), {})),
+        Endpoint(
+            "POST _search (loyalty, 3 cards)",
+            "read",
+            lambda i: ("POST", "/giftcards/_search", search(None), {"REST-Range": "resources=0-9"}),
+        ),
+        Endpoint(
+            "GET transactions (list)",
+            "read",
+            lambda i: ("GET", f"/giftcards/{pick(i).id}/transactions", None, {"REST-Range": "resources=0-49"}),
+        ),
+        Endpoint("GET transactions/{tid}", "read", lambda i: ("GET", tx_path(i), None, {})),
+        Endpoint("GET .../authorization", "read", lambda i: ("GET", f"{tx_path(i)}/authorization", None, {})),
+        Endpoint("GET .../settlements", "read", lambda i: ("GET", f"{tx_path(i)}/settlements", None, {})),
+        Endpoint("GET .../cancellations", "read", lambda i: ("GET", f"{tx_path(i)}/cancellations", None, {})),
+    ]
+
+
+def _amount(value: str) -> Amount:
+    return Amount.from_decimal(Decimal(value))
+
+
+NO_EXTRA = {"client": "", "token": "", "order_id": ""}
+
+
+def _stats(client) -> tuple[dict, int]:
+    info = client.info("all")
+    calls = {k[len("cmdstat_") :]: v for k, v in info.items() if k.startswith("cmdstat_")}
+    return calls, int(info["total_reads_processed"])
+
+
+def measure(http, stats, monitor_client, ep: Endpoint, n: int) -> list:
+    def send(i):
+        method, path, body, headers = ep.request(i)
+        response = http.open(
+            path, method=method, data=body, headers={**AUTH, **headers}, content_type="application/json"
+        )
+        assert response.status_code == ep.status, (ep.label, response.status_code, response.get_data(as_text=True))
+
+    send(10**6)  # warm: connection open, lazy imports
+    stats.ping()  # this script's own connection is open before counting starts
+    sentinel = f"bench-end-{time.monotonic_ns()}"
+    with monitor_client.monitor() as monitor:
+        calls0, reads0 = _stats(stats)
+        started = time.process_time()
+        for i in range(n):
+            send(i)
+        elapsed = time.process_time() - started
+        stats.echo(sentinel)
+        calls1, reads1 = _stats(stats)
+        sent, inside = Counter(), Counter()
+        while True:
+            line = monitor.next_command()
+            words = line["command"].split(" ")
+            name = words[0].lower()
+            if name == "echo" and sentinel in line["command"]:
+                break
+            if name in IGNORED:
+                continue
+            if line["client_type"] == "lua":
+                inside[name] += 1
+            else:
+                sent[f"{name} {words[1]}" if name.startswith("fcall") else name] += 1
+    trips = (reads1 - reads0 - 2) / n  # minus this script's ECHO and second INFO
+    executed = {
+        k: (v["calls"] - calls0.get(k, {}).get("calls", 0), v["usec"] - calls0.get(k, {}).get("usec", 0))
+        for k, v in calls1.items()
+        if k not in IGNORED
+    }
+    all_cmds = sum(c for c, _ in executed.values()) / n
+    # Redis time per request: FCALLs (their usec include what runs inside) + the other commands the client sent.
+    server_us = 0.0
+    for name, (count, usec) in executed.items():
+        if name.startswith("fcall"):
+            server_us += usec
+        elif count:
+            client_sent = sum(v for k, v in sent.items() if k == name)
+            server_us += usec * client_sent / count
+    target = 1 if ep.kind == "write" else 2
+    return [
+        ep.label,
+        f"{trips:.2f}",
+        "met" if trips <= target + 0.01 else "MISSED",
+        ", ".join(f"{k} x{v / n:g}" for k, v in sorted(sent.items())),
+        f"{sum(inside.values()) / n:.1f}",
+        f"{all_cmds:.1f}",
+        f"{server_us / n:.0f}",
+        f"{1e6 * elapsed / n:.0f}",
+    ]
+
+
+HEADERS = [
+    "endpoint",
+    "round trips/req",
+    "target",
+    "commands sent by the app (per req)",
+    "inside functions/req",
+    "commandstats calls/req",
+    "Redis us/req",
+    "app CPU us/req",
+]
+
+
+def run(args) -> list[str]:
+    say("## Redis round trips per request (INFO stats + commandstats + MONITOR deltas)")
+    say(machine_note())
+    with RedisServer() as server:
+        store = ledger_for(server.url)
+        eps = endpoints(store, args.requests)
+        app = create_app(settings_for(server.url))
+        logging.getLogger("giftcard_provider").setLevel(logging.WARNING)  # the request log: stdout under gunicorn
+        http = app.test_client()
+        stats, monitor_client = server.client(), server.client()
+        rows = [measure(http, stats, monitor_client, ep, args.requests) for ep in eps]
+    say(f"\n{args.requests} requests per endpoint; target: 1 round trip per write, <= 2 per read.")
+    say("'app CPU us/req': CPU time of this process per request (Flask's test client + the app, request log off).")
+    say(table(HEADERS, rows))
+    missed = [r[0] for r in rows if r[2] != "met"]
+    return [
+        "round trips: "
+        + ", ".join(f"{r[0]} {r[1]}" for r in rows)
+        + (f"; MISSED: {', '.join(missed)}" if missed else "; every endpoint within target")
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    for line in run(parser.parse_args()):
+        say(line)
+
+
+if __name__ == "__main__":
+    main()
