@@ -1,0 +1,36 @@
+"""/health and /ready: unauthenticated, cheap, and /ready turns red when the store cannot run the ledger."""
+
+import time
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from giftcard_provider import create_app
+
+from .conftest import make_settings
+from .redis_server import free_port
+
+
+def test_probes_need_no_credentials(client):
+    assert client.get("/health").json == {"status": "ok"}
+    assert client.get("/ready").json == {"status": "ready"}
+
+
+def test_ready_is_503_quickly_when_redis_is_unreachable():
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.2, decode_responses=True, retry=Retry(NoBackoff(), 0))
+    client = create_app(make_settings(), redis_client=dead).test_client()
+    started = time.monotonic()
+    response = client.get("/ready")
+    assert response.status_code == 503 and response.json["status"] == "unavailable"
+    assert time.monotonic() - started < 1
+    assert client.get("/health").status_code == 200  # the process itself is fine
+
+
+def test_ready_reloads_a_flushed_library(real_redis):
+    client = create_app(make_settings(), redis_client=real_redis).test_client()
+    assert client.get("/ready").status_code == 200
+    real_redis.function_flush()
+    assert real_redis.function_list() == []
+    assert client.get("/ready").status_code == 200
+    assert real_redis.fcall_ro("gc_ping", 0) == "pong"  # the library is back
