@@ -15,7 +15,7 @@ from .config import Settings
 from .errors import ProviderError
 from .jsonio import DecimalJSONProvider
 from .links import Links
-from .store import LedgerStore, connect
+from .store import LedgerStore
 from .throttle import CodeLookupThrottle
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,11 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
     )
     # JSON logs from here on; its request hooks run before the credentials check.
     observability.init_app(app, settings.log_level)
-    store = LedgerStore(redis_client or connect(settings), settings)
+    store = LedgerStore(redis_client, settings)  # None: connects from settings on first use
     app.extensions["giftcard_provider"] = {
         "store": store,
         "links": Links(settings.href_prefix),
-        "throttle": CodeLookupThrottle(store.redis, settings),
+        "throttle": CodeLookupThrottle(store, settings),
     }
 
     app.before_request(check_credentials)

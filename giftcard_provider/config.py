@@ -20,6 +20,15 @@ class ConfigError(RuntimeError):
     """The environment does not describe a service that may start."""
 
 
+def _flag(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be 1 or 0 (true/false), not {text!r}")
+
+
 def _pairs(text: str) -> list[tuple[str, str]]:
     """Parse "key1:token1,key2:token2" (extra credential pairs for rotation)."""
     pairs = []
@@ -35,6 +44,7 @@ def _pairs(text: str) -> list[tuple[str, str]]:
 class Settings:
     app_env: str = "development"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # REDIS_URL is then one startup node of a Redis Cluster (store.py)
     redis_socket_timeout: float = 0.5
     redis_connect_timeout: float = 0.5
     redis_retries: int = 1
@@ -81,10 +91,16 @@ class Settings:
                 raise ConfigError("APP_ENV=production needs PROVIDER_API_APP_KEY and PROVIDER_API_APP_TOKEN")
             if not secret:
                 raise ConfigError("APP_ENV=production needs CODE_HASH_SECRET")
+        cluster = _flag("REDIS_CLUSTER", get("REDIS_CLUSTER", ""))
+        if cluster and (get("REDIS_WAIT_REPLICAS", "0") != "0" or get("REDIS_WAIT_LOCAL_AOF", "0") != "0"):
+            # WAIT counts the writes of the connection it is sent on; on a cluster the
+            # write's connection is chosen per slot, and no pipeline pins WAIT to it.
+            raise ConfigError("REDIS_WAIT_REPLICAS / REDIS_WAIT_LOCAL_AOF are not supported with REDIS_CLUSTER")
         try:
             return cls(
                 app_env=app_env,
                 redis_url=get("REDIS_URL", cls.redis_url),
+                redis_cluster=cluster,
                 redis_socket_timeout=float(get("REDIS_SOCKET_TIMEOUT", cls.redis_socket_timeout)),
                 redis_connect_timeout=float(get("REDIS_CONNECT_TIMEOUT", cls.redis_connect_timeout)),
                 redis_retries=int(get("REDIS_RETRIES", cls.redis_retries)),

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
+from redis.cluster import RedisCluster
 
 from . import observability
 from .codes import CodeHasher, new_code, new_id, new_token, normalise
-from .config import ConfigError, Settings
+from .config import Settings
+from .connection import UNAVAILABLE, connect, is_cluster, use_local_fcall_keys
 from .errors import InvalidRequest, NotFound, ProviderError, StoreUnavailable, raise_for_reply
 from .keys import Keys, is_valid_id
 from .money import Amount, exponent_of
@@ -27,39 +28,8 @@ from .money import Amount, exponent_of
 log = logging.getLogger(__name__)
 LIBRARY = (Path(__file__).parent / "lua" / "ledger.lua").read_text()
 
-# Redis errors that mean "the store cannot answer now": the caller gets a fast
-# 503 and may retry (every write is idempotent by requestId).
-UNAVAILABLE = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.OutOfMemoryError,
-)
-
 # A card's statuses; "inactive" is final (see gc_set_status).
 STATUSES = ("active", "blocked", "inactive")
-
-
-def connect(settings: Settings) -> redis.Redis:
-    """A client with short timeouts and a small retry budget, so an outage is a quick 503."""
-    options = {}
-    if settings.redis_url.startswith("rediss://"):
-        # Heroku Redis presents a self-signed certificate: operators set REDIS_SSL_CERT_REQS=none.
-        cert_reqs = settings.redis_ssl_cert_reqs.lower()
-        if cert_reqs not in ("none", "optional", "required"):
-            raise ConfigError(f"REDIS_SSL_CERT_REQS must be none, optional or required, not {cert_reqs!r}")
-        options["ssl_cert_reqs"] = cert_reqs
-    return redis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=settings.redis_socket_timeout,
-        socket_connect_timeout=settings.redis_connect_timeout,
-        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), settings.redis_retries),
-        max_connections=settings.redis_max_connections,
-        health_check_interval=30,
-        **options,
-    )
 
 
 @contextlib.contextmanager
@@ -129,8 +99,16 @@ class Operation:
 
 
 class LedgerStore:
-    def __init__(self, client: redis.Redis, settings: Settings):
-        self.redis = client
+    """The ledger on one Redis server or on a Redis Cluster (is_cluster).
+
+    Pass a client, or none to connect from settings on first use: a cluster
+    client contacts Redis when it is made, and an app must start (and answer
+    503 on /ready) while Redis is down.
+    """
+
+    def __init__(self, client: redis.Redis | RedisCluster | None, settings: Settings):
+        self._client = use_local_fcall_keys(client) if is_cluster(client) else client
+        self._connecting = threading.Lock()
         self.keys = Keys(settings.key_prefix)
         self.hasher = CodeHasher(settings.code_hash_secret)
         self.settings = settings
@@ -139,7 +117,23 @@ class LedgerStore:
 
     # -- plumbing -----------------------------------------------------------
 
+    @property
+    def redis(self) -> redis.Redis | RedisCluster:
+        if self._client is None:
+            with self._connecting, _translated_errors():
+                if self._client is None:
+                    try:
+                        self._client = connect(self.settings)
+                    except redis.exceptions.RedisClusterException as exc:  # no startup node answered
+                        raise redis.ConnectionError(str(exc)) from exc
+        return self._client
+
+    @property
+    def cluster(self) -> bool:
+        return is_cluster(self.redis)
+
     def load_library(self) -> None:
+        """Load ledger.lua (on every primary of a cluster: a function runs where its card's slot lives)."""
         with _translated_errors():
             self.redis.function_load(LIBRARY, replace=True)
 
@@ -188,7 +182,22 @@ class LedgerStore:
             return pipe.execute()
 
     def ping(self) -> bool:
-        return self._fcall("gc_ping", [], [], readonly=True) == "pong"
+        """The library answers: on every primary of a cluster, since each serves its own cards."""
+        if not self.cluster:
+            return self._fcall("gc_ping", [], [], readonly=True) == "pong"
+
+        def ping_primaries():
+            replies = self.redis.execute_command("FCALL_RO", "gc_ping", 0, target_nodes=RedisCluster.PRIMARIES)
+            return all(reply == "pong" for reply in replies.values())
+
+        with _translated_errors():
+            try:
+                return ping_primaries()
+            except redis.ResponseError as exc:
+                if "function not found" not in str(exc).lower():
+                    raise
+                self.load_library()  # a primary that joined or restarted without the library
+                return ping_primaries()
 
     # -- cards --------------------------------------------------------------
 
@@ -205,54 +214,69 @@ class LedgerStore:
         emission_ms: int | None,
         expiring_ms: int | None,
     ) -> tuple[Card, str]:
-        """Create a card with balance 0. Returns it with its full redemption code, shown once."""
+        """Create a card with balance 0. Returns it with its full redemption code, shown once.
+
+        The card is written first and its indexes after (on a cluster they live
+        in other slots), so an index never names a card that does not exist. If
+        Redis fails in between, the caller gets a 503 and the card, never handed
+        out, is unreachable by code: `flask cards verify` lists it (verify.py).
+        """
         exponent = exponent_of(currency)
         limit = Amount.from_decimal(self.settings.max_card_balance).to_minor(exponent)
-        card_id, code, token = new_id(), new_code(), new_token()
-        fields = {
-            "currency": currency.upper(),
-            "exponent": str(exponent),
-            "balanceLimit": str(limit),
-            "relationName": relation_name,
-            "caption": caption,
-            "profileId": profile_id,
-            "restrictedToOwner": "1" if restricted_to_owner else "0",
-            "multipleRedemptions": "1" if multiple_redemptions else "0",
-            "multipleCredits": "1" if multiple_credits else "0",
-            "codeLast4": normalise(code)[-4:],
-            "token": token,
-        }
-        args = [
-            card_id,
-            "" if emission_ms is None else str(emission_ms),
-            "" if expiring_ms is None else str(expiring_ms),
-            self._validity_ms,
-            *(item for pair in fields.items() for item in pair),
-        ]
-        keys = [
-            self.keys.card(card_id),
-            self.keys.code_index(self.hasher.digest(code)),
-            self.keys.owner_index(profile_id),
-        ]
-        reply = self._fcall("gc_create_card", keys, args)
-        if reply[0] == "invalid_window":
-            raise InvalidRequest(
-                "expiringDate must be later than emissionDate and in the future",
-                errors={"json": {"expiringDate": ["Must be later than emissionDate and now."]}},
+        for _ in range(3):  # a new id and code after a collision among 2**128 ids / 30**20 codes
+            card_id, code, token = new_id(), new_code(), new_token()
+            code_digest = self.hasher.digest(code)
+            fields = {
+                "currency": currency.upper(),
+                "exponent": str(exponent),
+                "balanceLimit": str(limit),
+                "relationName": relation_name,
+                "caption": caption,
+                "profileId": profile_id,
+                "restrictedToOwner": "1" if restricted_to_owner else "0",
+                "multipleRedemptions": "1" if multiple_redemptions else "0",
+                "multipleCredits": "1" if multiple_credits else "0",
+                "codeLast4": normalise(code)[-4:],
+                "codeDigest": code_digest,
+                "token": token,
+            }
+            args = [
+                card_id,
+                "" if emission_ms is None else str(emission_ms),
+                "" if expiring_ms is None else str(expiring_ms),
+                self._validity_ms,
+                *(item for pair in fields.items() for item in pair),
+            ]
+            reply = self._fcall("gc_create_card", [self.keys.card(card_id)], args)
+            if reply[0] == "invalid_window":
+                raise InvalidRequest(
+                    "expiringDate must be later than emissionDate and in the future",
+                    errors={"json": {"expiringDate": ["Must be later than emissionDate and now."]}},
+                )
+            if reply[0] == "card_exists" or not self._index_card(card_id, code_digest, profile_id):
+                continue
+            created_ms, emission, expiring = (int(v) for v in reply[1:])
+            fields.update(
+                id=card_id,
+                emissionMs=str(emission),
+                expiringMs=str(expiring),
+                createdMs=str(created_ms),
+                available="0",
+                held="0",
+                status="active",
             )
-        if reply[0] != "ok":  # an id or code collision among 2**128 / 30**20: retry is the cure
-            raise ProviderError(f"card creation collided ({reply[0]}); please retry")
-        created_ms, emission, expiring = (int(v) for v in reply[1:])
-        fields.update(
-            id=card_id,
-            emissionMs=str(emission),
-            expiringMs=str(expiring),
-            createdMs=str(created_ms),
-            available="0",
-            held="0",
-            status="active",
-        )
-        return Card(card_id, fields, 0, created_ms), code
+            return Card(card_id, fields, 0, created_ms), code
+        raise ProviderError("card creation collided three times; please retry")
+
+    def _index_card(self, card_id: str, code_digest: str, profile_id: str) -> bool:
+        """Point the code and owner indexes at a new card; False (and the card withdrawn) if the code is taken."""
+        code_key, owner_key = self.keys.code_index(code_digest), self.keys.owner_index(profile_id)
+        claimed, _ = self._pipeline(lambda pipe: (pipe.set(code_key, card_id, nx=True), pipe.sadd(owner_key, card_id)))
+        if claimed:
+            return True
+        self._pipeline(lambda pipe: pipe.srem(owner_key, card_id))  # the index goes before the card it names
+        self._fcall("gc_discard_card", [self.keys.card(card_id), self.keys.transactions(card_id)], [])
+        return False
 
     def card(self, card_id: str) -> Card | None:
         if not is_valid_id(card_id):
@@ -274,20 +298,19 @@ class LedgerStore:
             return [None] * len(flag_keys), None
 
         def reads(pipe):
-            if flag_keys:
-                pipe.mget(flag_keys)
+            for key in flag_keys:  # one GET each, not MGET: on a cluster they live in different slots
+                pipe.get(key)
             pipe.get(self.keys.code_index(self.hasher.digest(code)))
 
         *flags, card_id = self._pipeline(reads)
-        flags = flags[0] if flags else []
         if any(flags) or not card_id:
             return flags, None
         return flags, self.card(card_id)
 
     def cards_of(self, identities: set[str]) -> list[Card]:
         """Cards owned by any of the identities (client id, email), oldest first."""
-        with _translated_errors():
-            ids = sorted(self.redis.sunion([self.keys.owner_index(i) for i in identities]))
+        owned = self._pipeline(lambda pipe: [pipe.smembers(self.keys.owner_index(i)) for i in sorted(identities)])
+        ids = sorted(set().union(*owned))
         replies = self._pipeline(
             lambda pipe: [pipe.fcall_ro("gc_read_card", 2, self.keys.card(i), self.keys.holds(i)) for i in ids]
         )

@@ -39,6 +39,7 @@ from . import observability
 from .config import ConfigError, Settings
 from .errors import StoreUnavailable
 from .keys import Keys
+from .store import LedgerStore
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,8 @@ class CodeLookupThrottle:
     most one window longer than the moving window alone would make it.
     """
 
-    def __init__(self, client: redis.Redis, settings: Settings):
-        self.redis = client
+    def __init__(self, store: LedgerStore, settings: Settings):
+        self.store = store
         self.limits = {
             "client": parse_limits("CODE_LOOKUP_LIMIT", settings.code_lookup_limit),
             "address": parse_limits("CODE_LOOKUP_ADDRESS_LIMIT", settings.code_lookup_address_limit),
@@ -145,16 +146,25 @@ class CodeLookupThrottle:
         self.trusted_hops = settings.trusted_proxy_hops
         self._secret = settings.code_hash_secret.encode()
         self._keys = Keys(settings.key_prefix)
-        storage = RedisStorage(
-            settings.redis_url,
-            connection_pool=client.connection_pool,
-            key_prefix=f"{settings.key_prefix}:limits",
-            wrap_exceptions=True,
-        )
-        self.limiter = MovingWindowRateLimiter(storage)
+        self._limiter: MovingWindowRateLimiter | None = None
         for scope, items in self.limits.items():
             if not items:
                 log.warning("failed code look-ups are not limited per %s (its limit setting is empty)", scope)
+
+    @property
+    def limiter(self) -> MovingWindowRateLimiter:
+        """`limits` on the ledger's own client, made on first use (the client may not exist before)."""
+        if self._limiter is None:
+            client = self.store.redis
+            storage = RedisStorage(
+                "redis://", key_prefix=f"{self.store.keys.prefix}:limits", wrap_exceptions=True
+            )  # the URL is never used: the client is replaced just below
+            # limits would open a client of its own from a URL; the ledger's has the timeouts,
+            # the retry budget and, on a cluster, the slot map. Its scripts are single-key.
+            storage.storage = client
+            storage.initialize_storage("")
+            self._limiter = MovingWindowRateLimiter(storage)
+        return self._limiter
 
     def _hashed(self, value: str) -> str:
         return hmac.new(self._secret, value.encode(), hashlib.sha256).hexdigest()[:32]
@@ -174,7 +184,7 @@ class CodeLookupThrottle:
             for scope, key in subjects:
                 for item in self.limits[scope]:
                     if not self.limiter.hit(item, scope, key) or not self.limiter.test(item, scope, key):
-                        self.redis.set(self.flag_key(scope, key), str(item), ex=item.get_expiry())
+                        self.store.redis.set(self.flag_key(scope, key), str(item), ex=item.get_expiry())
 
 
 def code_lookups() -> CodeLookupThrottle:

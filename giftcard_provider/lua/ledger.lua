@@ -115,20 +115,18 @@ end
 
 --[[ gc_create_card
 KEYS[1] card hash            gc:{C}:card
-KEYS[2] code index           gc:code:<keyed hash of the code>   (outside the card's slot)
-KEYS[3] owner index          gc:owner:<profileId>               (outside the card's slot)
 ARGV[1] card id
 ARGV[2] emission ms ("" = now, on Redis's clock)
 ARGV[3] expiring ms ("" = emission + ARGV[4])
 ARGV[4] default validity ms
 ARGV[5..] field/value pairs of the new card
-Returns {"ok", createdMs, emissionMs, expiringMs} | {"code_taken"} | {"card_exists"} | {"invalid_window"}
-Card creation moves no money; it is the only call that also writes the two
-global indexes, so on Redis Cluster it would need splitting (see README).
+Returns {"ok", createdMs, emissionMs, expiringMs} | {"card_exists"} | {"invalid_window"}
+Card creation moves no money. The code and owner indexes live outside the
+card's slot, so store.py writes them after this call (never before: an index
+must not name a card that does not exist).
 --]]
 local function create_card(keys, args)
   if redis.call('EXISTS', keys[1]) == 1 then return {'card_exists'} end
-  if redis.call('EXISTS', keys[2]) == 1 then return {'code_taken'} end
   local at = now_ms()
   local from = tonumber(args[2]) or at
   local to = tonumber(args[3]) or (from + tonumber(args[4]))
@@ -138,9 +136,21 @@ local function create_card(keys, args)
   redis.call('HSET', keys[1], 'id', args[1], 'available', 0, 'held', 0, 'seq', 0,
     'openDebits', 0, 'credits', 0, 'status', 'active', 'createdMs', int(at),
     'emissionMs', int(from), 'expiringMs', int(to), unpack(fields))
-  redis.call('SET', keys[2], args[1])
-  redis.call('SADD', keys[3], args[1])
   return {'ok', int(at), int(from), int(to)}
+end
+
+--[[ gc_discard_card: withdraw a card that was just created and could not be indexed
+KEYS[1] card hash gc:{C}:card; KEYS[2] transaction ids gc:{C}:txs
+Returns {"ok"} | {"not_found"} | {"in_use"}
+Only a card that never moved money and has no transactions is deleted, so a
+wrong call can never destroy a ledger.
+--]]
+local function discard_card(keys, args)
+  local seq = redis.call('HGET', keys[1], 'seq')
+  if not seq then return {'not_found'} end
+  if seq ~= '0' or redis.call('EXISTS', keys[2]) == 1 then return {'in_use'} end
+  redis.call('DEL', keys[1])
+  return {'ok'}
 end
 
 --[[ gc_authorize: create a Debit (hold) or Credit (load) transaction
@@ -386,6 +396,7 @@ local function set_status(keys, args)
 end
 
 redis.register_function('gc_create_card', create_card)
+redis.register_function('gc_discard_card', discard_card)
 redis.register_function('gc_authorize', authorize)
 redis.register_function('gc_settle', settle)
 redis.register_function('gc_cancel', cancel)
