@@ -39,7 +39,7 @@ from .keys import is_valid_id
 from .money import Amount, UnknownCurrency, exponent_of
 from .observability import StdoutHandler
 from .store import Card, LedgerStore
-from .verify import card_ids, verify_card
+from .verify import card_ids, dangling_index_entries, unreachable_cards, verify_card
 
 _AMOUNT = re.compile(r"\d+(\.\d+)?")
 JOURNAL_PAGE = 1000
@@ -632,26 +632,39 @@ def deactivate(card_id, reason, yes, as_json):
 def verify(card_id, as_json):
     """Recompute cards from their journals; exit 1 naming every card that does not add up.
 
-    Checks one card, or every card (by SCAN) when CARD_ID is left out.
+    Checks one card, or every card (by SCAN) when CARD_ID is left out; then
+    also that no code or owner index entry names a missing card, and lists the
+    cards left unreachable by an interrupted creation (no money: not a failure).
     """
     store = _store()
-    checked, failed = 0, {}
+    checked, failed, dangling, unreachable = 0, {}, [], []
     for cid in [card_id] if card_id else card_ids(store.redis, store.keys):
         checked += 1
         problems = verify_card(store.redis, store.keys, cid)
         if problems:
             failed[cid] = problems
+    if not card_id:
+        dangling = dangling_index_entries(store.redis, store.keys)
+        unreachable = unreachable_cards(store.redis, store.keys)
+    ok = not failed and not dangling
     if as_json:
-        _emit({"checked": checked, "ok": not failed, "failed": failed})
-        if failed:
+        _emit({"checked": checked, "ok": ok, "failed": failed, "danglingIndexEntries": dangling,
+               "unreachable": unreachable})  # fmt: skip
+        if not ok:
             click.get_current_context().exit(1)
         return
-    for problems in failed.values():
-        for problem in problems:
-            click.echo(problem)
-    if failed:
+    for problem in [p for problems in failed.values() for p in problems] + dangling:
+        click.echo(problem)
+    if unreachable:
+        click.echo(
+            f"{len(unreachable)} card(s) unreachable after an interrupted creation (never handed out, no money): "
+            + ", ".join(unreachable)
+        )
+    if not ok:
         raise click.ClickException(
-            f"ledger verification failed on {len(failed)} of {checked} card(s): {', '.join(sorted(failed))}"
+            f"ledger verification failed on {len(failed)} of {checked} card(s)"
+            + (f": {', '.join(sorted(failed))}" if failed else "")
+            + (f"; {len(dangling)} index entr{'y' if len(dangling) == 1 else 'ies'} name no card" if dangling else "")
         )
     click.echo(f"verified {checked} card(s): every balance follows from its journal")
 

@@ -5,7 +5,8 @@ call on a card touches one slot and works unchanged on Redis Cluster::
 
     gc:{C}:card                   hash    the card: currency, exponent, available and held
                                           balances (integer minor units), status, owner,
-                                          validity window, journal sequence, counters
+                                          validity window, journal sequence, counters,
+                                          codeDigest (its code index entry: see below)
     gc:{C}:txs                    list    transaction ids, oldest first
     gc:{C}:tx:T                   hash    transaction T: operation, value, requestId, date,
                                           held / settled / released / refunded (Debit) or
@@ -21,7 +22,8 @@ call on a card touches one slot and works unchanged on Redis Cluster::
     gc:{C}:journal                stream  one entry per money movement: seq, kind, tx, ref,
                                           amount, available and held after it, at
 
-Global indexes (outside any card's slot; written only when a card is created)::
+Global indexes (outside any card's slot: on a cluster they live on any shard; written
+only when a card is created, after the card, so they never name a missing card)::
 
     gc:code:<hmac>                string  card id, by HMAC-SHA256 of the normalised
                                           redemption code (a dump leaks no spendable code)
@@ -94,6 +96,14 @@ class Keys:
     def all_cards_pattern(self) -> str:
         """For operators' SCAN (verify, export): never used on a request path."""
         return f"{self.prefix}:{{*}}:card"
+
+    def code_index_pattern(self) -> str:
+        """For `flask cards verify`'s SCAN of the code index."""
+        return self.code_index("*")
+
+    def owner_index_pattern(self) -> str:
+        """For `flask cards verify`'s SCAN of the owner index."""
+        return self.owner_index("*")
 
     def holds_pattern(self) -> str:
         """For the hold-expiry sweeper's SCAN: the hold deadlines of every card with open holds."""

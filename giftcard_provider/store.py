@@ -460,19 +460,17 @@ class LedgerStore:
     def _records(self, records_key, card_id, tx_id) -> tuple[list[Operation], int, list[Operation]]:
         self._require_id(card_id, "transaction")
         self._require_id(tx_id, "transaction")
-        exponent, (operation, held, deadline), packed, (seconds, micros) = self._pipeline(
-            lambda pipe: (
-                pipe.hget(self.keys.card(card_id), "exponent"),
-                pipe.hmget(self.keys.transaction(card_id, tx_id), "operation", "held", "holdDeadlineMs"),
-                pipe.lrange(records_key(card_id, tx_id), 0, -1),
-                pipe.time(),
-            )
+        reply = self._fcall(
+            "gc_read_operations",
+            [self.keys.card(card_id), self.keys.transaction(card_id, tx_id), records_key(card_id, tx_id)],
+            [],
+            readonly=True,
         )
-        if operation is None:
+        if reply[0] == "not_found":
             raise NotFound("transaction not found")
-        now_ms = seconds * 1000 + micros // 1000
+        _, now_ms, exponent, held, deadline, *packed = reply
         pending = []
-        if held and int(held) > 0 and int(deadline) <= now_ms:
+        if held and int(held) > 0 and int(deadline) <= int(now_ms):
             pending.append(Operation(f"{tx_id}-expired", int(held), int(deadline), "", "expired"))
         return [Operation.parse(p) for p in packed], int(exponent), pending
 

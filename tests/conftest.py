@@ -1,7 +1,8 @@
-"""Fixtures: an app per test on fakeredis or on a private real redis-server.
+"""Fixtures: an app per test on fakeredis, a private redis-server, or a private Redis Cluster.
 
 Every Lua path must run on real Redis (Lua 5.1) and not only on fakeredis
-(lupa), so `backend` parametrises the store-level and HTTP tests over both.
+(lupa), and every call must work when a card's keys live on one shard of
+three, so `backend` parametrises the store-level and HTTP tests over all three.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from giftcard_provider import create_app
 from giftcard_provider.config import Settings
@@ -16,7 +18,7 @@ from giftcard_provider.keys import Keys
 from giftcard_provider.verify import verify_all
 
 from .hub import Hub
-from .redis_server import RedisServer
+from .redis_server import LocalCluster, RedisServer
 
 APP_KEY, APP_TOKEN = "test-app-key", "test-app-token"
 
@@ -36,13 +38,31 @@ def real_redis(redis_server):
     client.close()
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster():
+    cluster = LocalCluster(primaries=3).start()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def cluster_redis(redis_cluster):
+    """A client of the 3-primary cluster, emptied (FLUSHALL runs on every primary)."""
+    client = RedisCluster.from_url(redis_cluster.url, decode_responses=True)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["fakeredis", "redis", "cluster"])
 def backend(request, settings):
     """A clean Redis client of each kind. Whatever a test did, the ledger must verify afterwards."""
     if request.param == "fakeredis":
         client = fakeredis.FakeRedis(decode_responses=True)
-    else:
+    elif request.param == "redis":
         client = request.getfixturevalue("real_redis")
+    else:
+        client = request.getfixturevalue("cluster_redis")
     yield client
     checked, problems = verify_all(client, Keys(settings.key_prefix))
     assert problems == [], f"ledger verification failed after the test ({checked} cards)"

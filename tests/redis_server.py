@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -18,13 +19,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too: ephemeral ports are too high for that."""
+    while True:
+        port = random.randint(20000, 50000)
+        with socket.socket() as s, socket.socket() as bus:
+            try:
+                s.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 class RedisServer:
     """Start, stop and restart one redis-server process (AOF optional)."""
 
-    def __init__(self, *extra_args: str, appendonly: bool = False):
+    def __init__(self, *extra_args: str, appendonly: bool = False, port: int | None = None):
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
-        self.port = free_port()
+        self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="gc-redis-"))
         self.args = [
             "redis-server",
@@ -65,3 +79,68 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class LocalCluster:
+    """A Redis Cluster of redis-server processes on free loopback ports.
+
+    `primaries` primaries share the 16384 slots (redis-cli --cluster create);
+    with `replicas` > 0 each primary gets that many replicas, and a short
+    cluster-node-timeout makes a failover take about a second.
+    """
+
+    def __init__(self, primaries: int = 3, replicas: int = 0, node_timeout_ms: int = 1000):
+        if shutil.which("redis-cli") is None:
+            raise RuntimeError("redis-cli is not on PATH (apt-get install redis-tools)")
+        self.replicas = replicas
+        options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        options += ["--cluster-node-timeout", str(node_timeout_ms)]
+        self.nodes = [RedisServer(*options, port=free_cluster_port()) for _ in range(primaries * (1 + replicas))]
+
+    @property
+    def url(self) -> str:
+        """A startup node for RedisCluster.from_url (any live node would do)."""
+        return next(n for n in self.nodes if n.process and n.process.poll() is None).url
+
+    def start(self) -> LocalCluster:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
+        )  # fmt: skip
+        self.wait_until_ok()
+        return self
+
+    def wait_until_ok(self, timeout: float = 30) -> float:
+        """Wait until every live node reports cluster_state:ok with all slots served. Returns seconds waited."""
+        started = time.monotonic()
+        while True:
+            states = []
+            for node in self.nodes:
+                if node.process and node.process.poll() is None:
+                    client = redis.Redis(port=node.port, socket_timeout=1, decode_responses=True)
+                    try:
+                        info = client.cluster("info")
+                        states.append(info["cluster_state"] == "ok" and int(info["cluster_slots_ok"]) == 16384)
+                    except redis.RedisError:
+                        states.append(False)
+                    finally:
+                        client.close()
+            if all(states):
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"cluster not ok after {timeout} s: {states}")
+            time.sleep(0.05)
+
+    def role(self, node: RedisServer) -> str:
+        client = redis.Redis(port=node.port, socket_timeout=1, decode_responses=True)
+        try:
+            return client.info("replication")["role"]
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()

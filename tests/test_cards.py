@@ -251,3 +251,57 @@ def test_hrefs_carry_the_configured_prefix(backend):
     assert read["transactions"] == read["transaction"] == {"href": f"{base}/transactions"}
     tx = hub.transaction(card["id"], "Credit", 3).json
     assert tx["_self"] == {"href": f"{base}/transactions/{tx['id']}"}
+
+
+# -- the card first, its indexes after (they live in other slots on a cluster) --
+
+
+def test_a_card_is_written_before_its_indexes(backend, store, hub, monkeypatch):
+    """Redis fails between the card and its indexes: 503, no index names a missing card, no money anywhere."""
+    from giftcard_provider.errors import StoreUnavailable
+    from giftcard_provider.verify import unreachable_cards, verify_all
+
+    def fail(*args):
+        raise StoreUnavailable("the ledger store is unavailable (ConnectionError)")
+
+    monkeypatch.setattr(store, "_index_card", fail)
+    response = hub.post("/giftcards", {"relationName": "r", "caption": "c", "profileId": "shopper@example.com"})
+    assert (response.status_code, response.json["code"]) == (503, "store_unavailable")
+    monkeypatch.undo()
+    [orphan] = unreachable_cards(backend, store.keys)
+    assert backend.hget(store.keys.card(orphan), "available") == "0"
+    assert verify_all(backend, store.keys) == (1, [])  # garbage, not a ledger problem
+    assert store.cards_of({"shopper@example.com"}) == []
+
+
+def test_a_taken_code_is_never_shared(backend, store, hub, monkeypatch):
+    """A code collision (1 in 30**20) withdraws the new card and issues it again with a fresh code."""
+    from giftcard_provider import store as store_module
+    from giftcard_provider.verify import unreachable_cards, verify_all
+
+    first = hub.create_card()
+    codes = iter([first["redemptionCode"], "ZZZZ-ZZZZ-ZZZZ-ZZZZ-ZZZ2"])
+    monkeypatch.setattr(store_module, "new_code", lambda: next(codes))
+    second = hub.create_card()
+    assert second["redemptionCode"] == "ZZZZ-ZZZZ-ZZZZ-ZZZZ-ZZZ2"
+    assert sorted(c.id for c in store.cards_of({"shopper@example.com"})) == sorted([first["id"], second["id"]])
+    assert store.find_by_code(first["redemptionCode"]).id == first["id"]
+    assert verify_all(backend, store.keys) == (2, []) and unreachable_cards(backend, store.keys) == []
+
+
+def test_verify_reports_an_index_entry_that_names_no_card(backend, store, hub):
+    from giftcard_provider.verify import verify_all
+
+    card = hub.create_card()
+    backend.set(store.keys.code_index("f" * 64), "0" * 32)
+    backend.sadd(store.keys.owner_index("shopper@example.com"), "1" * 32)
+    checked, problems = verify_all(backend, store.keys)
+    assert checked == 1 and len(problems) == 2, problems
+    assert all("names card" in p for p in problems)
+    backend.delete(store.keys.code_index("f" * 64))
+    backend.srem(store.keys.owner_index("shopper@example.com"), "1" * 32)
+    backend.delete(store.keys.code_index(backend.hget(store.keys.card(card["id"]), "codeDigest")))
+    assert verify_all(backend, store.keys)[1] == []  # never used: unreachable, not a problem
+    hub.credit(card["id"], 5)
+    assert verify_all(backend, store.keys)[1] == [f"card {card['id']}: missing from the code index"]
+    backend.set(store.keys.code_index(backend.hget(store.keys.card(card["id"]), "codeDigest")), card["id"])

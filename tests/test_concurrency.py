@@ -1,4 +1,4 @@
-"""Thread-hammer tests on a real redis-server: exact totals under racing requests.
+"""Thread-hammer tests on a real redis-server and on a 3-primary Redis Cluster: exact totals under racing requests.
 
 Every request goes through the Flask app (one test client per thread, one
 shared redis-py client, which is thread-safe), so a check-then-act anywhere
@@ -27,9 +27,10 @@ WORKERS = 32
 DEADLINE = 30  # seconds: a hung worker fails the test instead of hanging the suite
 
 
-@pytest.fixture
-def app(real_redis):
-    app = create_app(make_settings(), redis_client=real_redis)
+@pytest.fixture(params=["redis", "cluster"])
+def app(request):
+    client = request.getfixturevalue("real_redis" if request.param == "redis" else "cluster_redis")
+    app = create_app(make_settings(), redis_client=client)
     app.config["TESTING"] = True
     yield app
     store = app.extensions["giftcard_provider"]["store"]

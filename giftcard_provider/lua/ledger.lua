@@ -368,6 +368,21 @@ local function read_card(keys, args)
   return reply
 end
 
+--[[ gc_read_operations (read-only): a transaction's settlements or cancellations, with what
+the caller needs to show a release its hold's deadline has made due but no call has written
+KEYS[1] card hash gc:{C}:card; KEYS[2] transaction gc:{C}:tx:T; KEYS[3] records gc:{C}:tx:T:settlements
+or gc:{C}:tx:T:cancellations
+Returns {"ok", nowMs, exponent, held, holdDeadlineMs, record1, record2, ...} | {"not_found"}
+(held and holdDeadlineMs are "" for a Credit)
+--]]
+local function read_operations(keys, args)
+  local operation, held, deadline = unpack(redis.call('HMGET', keys[2], 'operation', 'held', 'holdDeadlineMs'))
+  if not operation then return {'not_found'} end
+  local reply = {'ok', int(now_ms()), redis.call('HGET', keys[1], 'exponent'), held or '', deadline or ''}
+  for _, record in ipairs(redis.call('LRANGE', keys[3], 0, -1)) do reply[#reply + 1] = record end
+  return reply
+end
+
 --[[ gc_ping (read-only): proves the library is loaded and Redis runs Lua. Returns "pong". --]]
 local function ping(keys, args)
   return 'pong'
@@ -403,4 +418,5 @@ redis.register_function('gc_cancel', cancel)
 redis.register_function('gc_expire_holds', expire_holds)
 redis.register_function('gc_set_status', set_status)
 redis.register_function{function_name = 'gc_read_card', callback = read_card, flags = {'no-writes'}}
+redis.register_function{function_name = 'gc_read_operations', callback = read_operations, flags = {'no-writes'}}
 redis.register_function{function_name = 'gc_ping', callback = ping, flags = {'no-writes'}}

@@ -1,0 +1,124 @@
+"""Redis Cluster specifics, on a real local 3-primary cluster (tests/redis_server.LocalCluster).
+
+The protocol suite itself already runs on the cluster (the `cluster` backend in
+conftest.py); these tests cover what only a cluster has: routing, several
+shards, a primary without the library, a cluster that cannot be reached.
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import pytest
+from redis.cluster import RedisCluster
+
+from giftcard_provider import create_app
+from giftcard_provider.cli import expire_all_holds
+from giftcard_provider.config import ConfigError, Settings
+
+from .conftest import APP_KEY, APP_TOKEN, make_settings
+from .hub import Hub
+from .redis_server import free_cluster_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def app(cluster_redis):
+    return create_app(make_settings(hold_lifetime_seconds=0.2), redis_client=cluster_redis)
+
+
+@pytest.fixture
+def hub(app):
+    return Hub(app.test_client(), {"X-PROVIDER-API-AppKey": APP_KEY, "X-PROVIDER-API-AppToken": APP_TOKEN})
+
+
+@pytest.fixture
+def store(app):
+    return app.extensions["giftcard_provider"]["store"]
+
+
+def socket_reads(client: RedisCluster) -> int:
+    """Read events on client sockets, summed over the primaries: one per command or pipeline sent
+    (the INFO that reads the counter counts itself too, one per primary)."""
+    return sum(client.get_redis_connection(n).info("stats")["total_reads_processed"] for n in client.get_primaries())
+
+
+def commands(client: RedisCluster) -> set[str]:
+    """Every command the primaries ran (including inside functions), from INFO commandstats."""
+    return {name for n in client.get_primaries() for name in client.get_redis_connection(n).info("commandstats")}
+
+
+def node_of(store, card_id: str) -> str:
+    return store.redis.get_node_from_key(store.keys.card(card_id)).name
+
+
+def test_a_ledger_call_is_one_round_trip_to_its_shard(cluster_redis, hub):
+    """redis-py would ask a node for FCALL's keys first (COMMAND GETKEYS); we read them from the call."""
+    card = hub.funded_card(Decimal("10"))
+    before = socket_reads(cluster_redis)
+    tx = hub.debit(card["id"], Decimal("3"))
+    hub.get(f"/giftcards/{card['id']}")
+    hub.get(f"/giftcards/{card['id']}/transactions/{tx}/cancellations")
+    assert socket_reads(cluster_redis) - before - len(cluster_redis.get_primaries()) == 3
+    assert "cmdstat_command|getkeys" not in commands(cluster_redis)
+
+
+def test_cards_spread_over_the_shards_and_each_stays_whole(store, hub):
+    cards = [hub.funded_card(Decimal("10")) for _ in range(12)]
+    for card in cards:
+        tx = hub.debit(card["id"], Decimal("4"))
+        hub.settle(card["id"], tx, Decimal("1"))
+    assert len({node_of(store, c["id"]) for c in cards}) == 3
+    assert all(hub.balance(c["id"]) == 6 for c in cards)
+
+
+def test_the_sweeper_releases_due_holds_on_every_shard(store, hub):
+    cards = [hub.funded_card(Decimal("10")) for _ in range(12)]
+    for card in cards:
+        hub.debit(card["id"], Decimal("4"))
+    time.sleep(0.25)
+    result = expire_all_holds(store)
+    assert (result["cardsWithHolds"], result["holdsReleased"], result["errors"]) == (12, 12, {})
+    assert len({node_of(store, card_id) for card_id in result["released"]}) == 3
+    assert expire_all_holds(store)["cardsWithHolds"] == 0
+
+
+def test_search_by_client_gathers_cards_from_every_shard(store, hub):
+    ids = {hub.funded_card(Decimal("1"), profileId="many@example.com")["id"] for _ in range(9)}
+    assert len({node_of(store, i) for i in ids}) > 1
+    found = hub.post("/giftcards/_search", {"client": {"email": "many@example.com"}, "cart": {}}).json
+    assert {c["id"] for c in found} == ids
+
+
+def test_ready_checks_every_primary_and_reloads_a_lost_library(cluster_redis, app):
+    client = app.test_client()
+    assert client.get("/ready").json == {"status": "ready"}
+    one = cluster_redis.get_primaries()[1]
+    cluster_redis.get_redis_connection(one).function_flush()
+    assert client.get("/ready").json == {"status": "ready"}
+    assert cluster_redis.get_redis_connection(one).fcall_ro("gc_ping", 0) == "pong"
+
+
+def test_an_unreachable_cluster_is_a_quick_503_and_the_app_still_starts():
+    settings = make_settings(redis_url=f"redis://127.0.0.1:{free_cluster_port()}/0", redis_cluster=True)
+    app = create_app(settings)  # connects on first use, not here
+    client = app.test_client()
+    started = time.monotonic()
+    response = client.get("/ready")
+    assert response.status_code == 503 and response.json["status"] == "unavailable"
+    headers = {"X-PROVIDER-API-AppKey": APP_KEY, "X-PROVIDER-API-AppToken": APP_TOKEN}
+    assert client.get(f"/giftcards/{'a' * 32}", headers=headers).status_code == 503
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("0", False), ("", False)])
+def test_redis_cluster_switch(value, expected):
+    assert Settings.from_env({"REDIS_CLUSTER": value}).redis_cluster is expected
+
+
+@pytest.mark.parametrize("env", [{"REDIS_CLUSTER": "maybe"}, {"REDIS_CLUSTER": "1", "REDIS_WAIT_REPLICAS": "1"}])
+def test_cluster_settings_that_cannot_work_are_refused(env):
+    with pytest.raises(ConfigError, match="REDIS_CLUSTER"):
+        Settings.from_env(env)
