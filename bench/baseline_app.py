@@ -1,7 +1,7 @@
 """The baseline: a trivial Flask app whose one JSON endpoint does one Redis PING.
 
 It runs under the same gunicorn settings as the provider, with the same Redis
-client settings (giftcard_provider.store.connect), so the ratio
+client settings (giftcard_provider.connection.connect), so the ratio
 endpoint / baseline says what the provider's own work costs on top of
 "Flask + one Redis round trip + JSON".
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from flask import Flask, jsonify
 
 from giftcard_provider.config import Settings
-from giftcard_provider.store import connect
+from giftcard_provider.connection import connect
 
 
 def create_app() -> Flask:

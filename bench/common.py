@@ -8,13 +8,13 @@ guard see to it). The machine's shared Redis on 6379 is never touched.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import os
 import platform
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,8 +32,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from giftcard_provider.config import Settings  # noqa: E402
+from giftcard_provider.connection import connect  # noqa: E402
 from giftcard_provider.money import Amount  # noqa: E402
-from giftcard_provider.store import LedgerStore, connect  # noqa: E402
+from giftcard_provider.store import LedgerStore  # noqa: E402
+from tests.redis_server import LocalCluster, free_port  # noqa: E402
+from tests.redis_server import RedisServer as _TestRedisServer  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 WRK_SCRIPT = BENCH / "wrk" / "requests.lua"
@@ -48,52 +51,31 @@ _running: list = []  # every process we started and have not stopped yet
 @atexit.register
 def _stop_leftovers() -> None:
     for proc in reversed(_running):
-        proc.stop()
+        proc.close()
 
 
 def say(*parts) -> None:
     print(*parts, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- redis-server ---------------------------------------------------------------
 
 
-class RedisServer:
-    """A private redis-server on a free loopback port, in its own temp dir. No persistence unless asked."""
+class RedisServer(_TestRedisServer):
+    """tests/redis_server.RedisServer (a private redis-server on a free loopback port, in its own temp
+    dir, no persistence unless asked), as the benchmarks use it: AOF (if asked) fsynced every second
+    like a hosted Redis rather than on every write, stopped at exit if still running, CPU time read
+    from /proc, and a context manager."""
 
-    def __init__(self, appendonly: bool = False):
+    def __init__(self, *extra_args: str, appendonly: bool = False, port: int | None = None):
         if shutil.which("redis-server") is None:
             raise SystemExit("redis-server is not on PATH: apt-get install -y redis-server")
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="gc-bench-redis-"))
-        self.appendonly = appendonly
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        # Later arguments win: everysec replaces the tests' appendfsync always.
+        super().__init__("--appendfsync", "everysec", *extra_args, appendonly=appendonly, port=port)
 
     def start(self) -> RedisServer:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)]
-        args += ["--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _running.append(self)
-        client = self.client()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return self
-            except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+        _running.append(self)  # first, so that a start that fails is cleaned up too
+        return super().start()
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, decode_responses=True, socket_connect_timeout=1)
@@ -101,19 +83,44 @@ class RedisServer:
     def cpu_ticks(self) -> int:
         return _cpu_ticks(self.process.pid) if self.process else 0
 
-    def stop(self) -> None:
+    def close(self) -> None:
         if self in _running:
             _running.remove(self)
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(20)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super().close()
 
     def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self.close()
+
+
+class Cluster(LocalCluster):
+    """tests/redis_server.LocalCluster (primaries on free loopback ports, no replicas by default) as the
+    benchmarks use it: stopped at exit if still running, CPU time of all its nodes, a context manager."""
+
+    def __init__(self, primaries: int = 3, replicas: int = 0):
+        if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+            raise SystemExit("redis-server and redis-cli are not on PATH: apt-get install -y redis-server")
+        super().__init__(primaries=primaries, replicas=replicas)
+
+    def start(self) -> Cluster:
+        _running.append(self)
+        return super().start()
+
+    def cpu_ticks(self) -> int:
+        return sum(_cpu_ticks(n.process.pid) for n in self.nodes if n.process)
+
+    def close(self) -> None:
+        if self in _running:
+            _running.remove(self)
+        super().close()
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def used_memory(client: redis.Redis) -> int:
@@ -123,11 +130,13 @@ def used_memory(client: redis.Redis) -> int:
 # -- the app's settings and store, as the gunicorn workers see them -----------------
 
 
-def app_env(redis_url: str) -> dict[str, str]:
+def app_env(redis_url: str, cluster: bool = False) -> dict[str, str]:
+    """The app's production environment; with `cluster`, REDIS_URL is a startup node of a Redis Cluster."""
     return {
         **os.environ,
         "APP_ENV": "production",
         "REDIS_URL": redis_url,
+        "REDIS_CLUSTER": "1" if cluster else "0",
         "PROVIDER_API_APP_KEY": APP_KEY,
         "PROVIDER_API_APP_TOKEN": APP_TOKEN,
         "CODE_HASH_SECRET": CODE_HASH_SECRET,
@@ -146,17 +155,16 @@ def parse_env(pairs: list[str] | None) -> dict[str, str]:
     return env
 
 
-def settings_for(redis_url: str) -> Settings:
-    return Settings.from_env(app_env(redis_url))
+def settings_for(redis_url: str, cluster: bool = False) -> Settings:
+    return Settings.from_env(app_env(redis_url, cluster))
 
 
-def ledger_for(redis_url: str) -> LedgerStore:
-    """The same LedgerStore the app builds, for seeding at Python speed (no HTTP)."""
-    settings = settings_for(redis_url)
-    client = connect(settings)
+def ledger_for(redis_url: str, cluster: bool = False) -> LedgerStore:
+    """The same LedgerStore the app builds (a RedisCluster client with `cluster`), for seeding at Python
+    speed (no HTTP)."""
     # Seeding sends big pipelines: the app's 0.5 s socket timeout is for requests, not for bulk loads.
-    client.connection_pool.connection_kwargs["socket_timeout"] = 30
-    store = LedgerStore(client, settings)
+    settings = dataclasses.replace(settings_for(redis_url, cluster), redis_socket_timeout=30)
+    store = LedgerStore(connect(settings), settings)
     store.load_library()
     return store
 
@@ -254,10 +262,11 @@ class Gunicorn:
         access_log: bool = True,
         env: dict | None = None,
         conf: str = "gunicorn_conf.py",
+        cluster: bool = False,
     ):
         self.app, self.workers, self.ready_path, self.conf = app, workers, ready_path, BENCH / conf
         self.port = free_port()
-        self.env = {**app_env(redis_url), "BENCH_ACCESS_LOG": "1" if access_log else "0", **(env or {})}
+        self.env = {**app_env(redis_url, cluster), "BENCH_ACCESS_LOG": "1" if access_log else "0", **(env or {})}
         self.log = Path(tempfile.mkstemp(prefix="gc-bench-gunicorn-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
 
@@ -297,6 +306,8 @@ class Gunicorn:
                 self.process.kill()
                 self.process.wait(5)
         self.log.unlink(missing_ok=True)
+
+    close = stop
 
     def __enter__(self) -> Gunicorn:
         return self.start()
@@ -368,7 +379,7 @@ class Servers:
     """The processes under test, whose CPU time is accounted per request."""
 
     web: tuple  # Gunicorn instances
-    redis: RedisServer
+    redis: RedisServer | Cluster
 
     def ticks(self) -> tuple[int, int]:
         return sum(g.cpu_ticks() for g in self.web), self.redis.cpu_ticks()

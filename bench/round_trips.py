@@ -13,7 +13,9 @@ gunicorn runs. Around N requests of one endpoint the script reads, from Redis:
 * MONITOR: which of those commands the client sent (shown as `[0 127.0.0.1:port]`)
   and which ran inside a function (`[0 lua]`).
 
-Targets: one round trip per write, at most two per read.
+Targets: one round trip per write, except card creation: two (the card, then its
+code and owner indexes, which on a Redis Cluster live in other slots; see
+LedgerStore.create_card); at most two per read.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ class Endpoint:
     kind: str  # "write" | "read"
     request: object  # i -> (method, path, body, headers)
     status: int = 200
+    target: int | None = None  # round trips allowed; default 1 per write, 2 per read
+
+    @property
+    def trips_allowed(self) -> int:
+        return self.target if self.target is not None else (1 if self.kind == "write" else 2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +91,8 @@ def endpoints(store, n: int) -> list[Endpoint]:
     tx_path = lambda i: f"/giftcards/{pair(i)[0].id}/transactions/{pair(i)[1]}"  # noqa: E731
     op_body = lambda: json_body(value=0.01, requestId=rid())  # noqa: E731
     return [
-        Endpoint("POST /giftcards (create)", "write", lambda i: ("POST", "/giftcards", card_body, {})),
+        # The card (one FCALL), then its code and owner indexes (one pipeline): 2 round trips.
+        Endpoint("POST /giftcards (create)", "write", lambda i: ("POST", "/giftcards", card_body, {}), target=2),
         Endpoint(
             "POST transactions (Debit)",
             "write",
@@ -186,11 +194,11 @@ def measure(http, stats, monitor_client, ep: Endpoint, n: int) -> list:
         elif count:
             client_sent = sum(v for k, v in sent.items() if k == name)
             server_us += usec * client_sent / count
-    target = 1 if ep.kind == "write" else 2
+    target = ep.trips_allowed
     return [
         ep.label,
         f"{trips:.2f}",
-        "met" if trips <= target + 0.01 else "MISSED",
+        f"<= {target}: met" if trips <= target + 0.01 else f"<= {target}: MISSED",
         ", ".join(f"{k} x{v / n:g}" for k, v in sorted(sent.items())),
         f"{sum(inside.values()) / n:.1f}",
         f"{all_cmds:.1f}",
@@ -222,10 +230,13 @@ def run(args) -> list[str]:
         http = app.test_client()
         stats, monitor_client = server.client(), server.client()
         rows = [measure(http, stats, monitor_client, ep, args.requests) for ep in eps]
-    say(f"\n{args.requests} requests per endpoint; target: 1 round trip per write, <= 2 per read.")
+    say(
+        f"\n{args.requests} requests per endpoint; target: 1 round trip per write (2 for card creation: "
+        "card, then its indexes), <= 2 per read."
+    )
     say("'app CPU us/req': CPU time of this process per request (Flask's test client + the app, request log off).")
     say(table(HEADERS, rows))
-    missed = [r[0] for r in rows if r[2] != "met"]
+    missed = [r[0] for r in rows if not r[2].endswith(": met")]
     return [
         "round trips: "
         + ", ".join(f"{r[0]} {r[1]}" for r in rows)

@@ -4,7 +4,8 @@
 
 Parts: round_trips (Redis round trips per request, every endpoint), http
 (throughput and latency against the baseline, hot card), scaling (many cards,
-many transactions, memory). Each part can also run alone: python -m bench.<module>.
+many transactions, memory), cluster (the same load on one redis-server and on a
+local 3-primary Redis Cluster). Each part can also run alone: python -m bench.<module>.
 """
 
 from __future__ import annotations
@@ -12,17 +13,19 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import http_load, round_trips, scaling
+from . import cluster, http_load, round_trips, scaling
 from .common import machine_note, say, wait_for_quiet
 
-PARTS = {"round_trips": round_trips, "http": http_load, "scaling": scaling}
+PARTS = {"round_trips": round_trips, "http": http_load, "scaling": scaling, "cluster": cluster}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(PARTS), help=f"parts to run (default {','.join(PARTS)})")
-    parser.add_argument("--requests", type=int, default=200, help="round_trips: requests per endpoint")
-    parser.add_argument("--workers", default="2,4", help="http: WEB_CONCURRENCY values (default 2,4)")
+    parser.add_argument("--requests", type=int, default=200, help="round_trips, cluster: requests per endpoint")
+    parser.add_argument(
+        "--workers", default="2,4", help="http: WEB_CONCURRENCY values (default 2,4); cluster: the first"
+    )
     parser.add_argument("--scaling-workers", type=int, default=4, help="scaling: gunicorn workers (default 4)")
     parser.add_argument("--seconds", type=int, default=6, help="measured seconds per load scenario (default 6)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds before each (default 2)")
@@ -40,13 +43,15 @@ def main() -> None:
     args.debits, args.no_hot, args.batch = 2000, False, 1000
     http_args = argparse.Namespace(**{**vars(args), "cards": 1000})
     scaling_args = argparse.Namespace(**{**vars(args), "workers": args.scaling_workers, "warmup": 1})
+    first_workers = int(str(args.workers).split(",")[0])
+    cluster_args = argparse.Namespace(**{**vars(args), "workers": first_workers, "cards": 1000, "warmup": 1})
     if args.wait_quiet:
         wait_for_quiet(args.wait_quiet)
     started = time.monotonic()
     summary = []
     for name in args.only.split(","):
         part = PARTS[name]
-        part_args = {"http": http_args, "scaling": scaling_args}.get(name, args)
+        part_args = {"http": http_args, "scaling": scaling_args, "cluster": cluster_args}.get(name, args)
         summary += [f"[{name}] {line}" for line in part.run(part_args)]
         say("")
     say("## Summary")

@@ -8,9 +8,11 @@ search by code and Debit are measured (wrk, under gunicorn); then cards are
 bulk-created up to --cards in total, and the same scenarios are measured again
 on 1,000 cards picked at random among all of them (credited first). The bulk
 cards are real: they are made by LedgerStore.create_card itself (so ids,
-codes, tokens, code index and owner index are exactly what the API writes),
-with its one FCALL gc_create_card queued into a pipeline of --batch cards
-instead of being sent alone. Memory per card = INFO used_memory delta / count.
+codes, tokens, the card hash with its codeDigest, the code index and the owner
+index are exactly what the API writes), with its FCALL gc_create_card and then
+its index writes (SET NX of the code index, SADD to the owner index) queued
+into one pipeline of --batch cards instead of being sent as two round trips per
+card. Memory per card = INFO used_memory delta / count.
 
 Transactions: one card with 1 transaction and one with --txs transactions
 (Debits, pipelined the same way through LedgerStore.authorize); GET
@@ -68,16 +70,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class _Queued(LedgerStore):
-    """A LedgerStore whose FCALLs are queued into a pipeline instead of being sent one by one.
+    """A LedgerStore whose Redis calls are queued into one pipeline instead of being sent as they come.
 
-    Everything else (ids, codes, tokens, field values, keys, arguments) is the real
-    LedgerStore's code. The reply it hands back is a stand-in for the bookkeeping of the
-    caller; the real replies are checked when the pipeline runs (see _flush).
+    Everything else (ids, codes, tokens, field values, keys, arguments, the order of
+    the writes) is the real LedgerStore's code: for a card, create_card's FCALL
+    gc_create_card (the card hash, codeDigest included), then _index_card's SET NX of
+    the code index and SADD to the owner index. The replies it hands back are stand-ins
+    for the caller's bookkeeping; the real ones are checked when the pipeline runs (see
+    _flush).
     """
 
     def __init__(self, store: LedgerStore):
         self.__dict__.update(store.__dict__)
         self.pipe = store.redis.pipeline(transaction=False)
+        self.queued: list[str] = []  # per queued command: the function's name, or "" for a plain command
 
     STAND_IN = {
         "gc_create_card": lambda args: ["ok", "0", "0", "1"],  # createdMs, emissionMs, expiringMs
@@ -87,12 +93,27 @@ class _Queued(LedgerStore):
 
     def _fcall(self, name, keys, args, *, readonly=False):
         self.pipe.fcall(name, len(keys), *keys, *args)
+        self.queued.append(name)
         return self.STAND_IN[name](args)
+
+    def _pipeline(self, build) -> list:
+        """The index writes of _index_card: queued, answered as if they succeeded (SET NX claimed, SADD added)."""
+        before = len(self.pipe.command_stack)
+        build(self.pipe)
+        count = len(self.pipe.command_stack) - before
+        self.queued += [""] * count
+        return [True] * count
 
 
 def _flush(queued: _Queued) -> int:
     replies = queued.pipe.execute()
-    bad = [r for r in replies if r[0] != "ok"]
+    # A function must answer "ok"; a plain command (SET NX, SADD) must have written (a code taken: None).
+    bad = [
+        (name or "index write", reply)
+        for name, reply in zip(queued.queued, replies, strict=True)
+        if not (reply[0] == "ok" if name else reply)
+    ]
+    queued.queued.clear()
     if bad:
         raise RuntimeError(f"bulk write refused: {bad[:3]}")
     return len(replies)

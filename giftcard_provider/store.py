@@ -124,7 +124,9 @@ class LedgerStore:
                 if self._client is None:
                     try:
                         self._client = connect(self.settings)
-                    except redis.exceptions.RedisClusterException as exc:  # no startup node answered
+                    except redis.exceptions.RedisClusterException as exc:
+                        # No node answered, or the node is not in cluster mode: say which, once per try.
+                        log.error("cannot reach a Redis Cluster at REDIS_URL (REDIS_CLUSTER=1): %s", exc)
                         raise redis.ConnectionError(str(exc)) from exc
         return self._client
 

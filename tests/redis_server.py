@@ -103,14 +103,18 @@ class LocalCluster:
         return next(n for n in self.nodes if n.process and n.process.poll() is None).url
 
     def start(self) -> LocalCluster:
-        for node in self.nodes:
-            node.start()
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
-             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
-        )  # fmt: skip
-        self.wait_until_ok()
+        try:
+            for node in self.nodes:
+                node.start()
+            subprocess.run(
+                ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
+            )  # fmt: skip
+            self.wait_until_ok()
+        except BaseException:
+            self.close()  # no node outlives a cluster that did not form
+            raise
         return self
 
     def wait_until_ok(self, timeout: float = 30) -> float:
@@ -134,12 +138,29 @@ class LocalCluster:
                 raise TimeoutError(f"cluster not ok after {timeout} s: {states}")
             time.sleep(0.05)
 
-    def role(self, node: RedisServer) -> str:
+    def replication(self, node: RedisServer) -> dict:
         client = redis.Redis(port=node.port, socket_timeout=1, decode_responses=True)
         try:
-            return client.info("replication")["role"]
+            return client.info("replication")
         finally:
             client.close()
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        info = self.replication(primary)
+        port = info["slave0"]["port"]  # redis-py parses "ip=...,port=...,state=online,..."
+        return next(n for n in self.nodes if n.port == int(port))
+
+    def wait_for_replicas(self, timeout: float = 30) -> None:
+        """Wait until every replica's link to its primary is up (so a failover has someone to promote)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            replicas = [i for i in map(self.replication, self.nodes) if i["role"] == "slave"]
+            expected = len(self.nodes) // (1 + self.replicas) * self.replicas
+            if len(replicas) == expected and all(i.get("master_link_status") == "up" for i in replicas):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("replicas not in sync")
+            time.sleep(0.05)
 
     def close(self) -> None:
         for node in self.nodes:

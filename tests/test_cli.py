@@ -19,7 +19,7 @@ import redis
 
 from giftcard_provider import create_app
 from giftcard_provider.config import ConfigError, Settings
-from giftcard_provider.store import connect
+from giftcard_provider.connection import connect
 from giftcard_provider.verify import card_ids
 
 from .conftest import APP_KEY, APP_TOKEN, make_settings

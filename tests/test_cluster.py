@@ -113,6 +113,13 @@ def test_an_unreachable_cluster_is_a_quick_503_and_the_app_still_starts():
     assert time.monotonic() - started < 2
 
 
+def test_a_single_server_behind_redis_cluster_1_is_a_503_with_the_reason_logged(redis_server, caplog):
+    app = create_app(make_settings(redis_url=redis_server.url, redis_cluster=True))
+    response = app.test_client().get("/ready")
+    assert response.status_code == 503
+    assert any("Cluster mode is not enabled" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
 @pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("0", False), ("", False)])
 def test_redis_cluster_switch(value, expected):
     assert Settings.from_env({"REDIS_CLUSTER": value}).redis_cluster is expected

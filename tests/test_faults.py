@@ -2,7 +2,7 @@
 
 Every test starts its own redis-server (tests/redis_server.py) so it can kill,
 flush, pause or starve it without touching any other test. The app is built
-with the production Redis client (store.connect: 0.5 s socket timeouts, one
+with the production Redis client (connection.connect: 0.5 s socket timeouts, one
 retry), so what is measured is what a deployment does.
 
 * Redis SIGKILLed under load (AOF, appendfsync always): every request answers
@@ -439,7 +439,7 @@ def test_redis_refuses_a_function_without_no_writes_under_oom_before_it_runs(ser
     (library,) = client.function_list("giftcard_ledger_v1")
     functions = [pairs(f) for f in pairs(library)["functions"]]
     flags = {f["name"]: set(f["flags"]) for f in functions}
-    assert {name for name, f in flags.items() if "no-writes" in f} == {"gc_read_card", "gc_ping"}
+    assert {name for name, f in flags.items() if "no-writes" in f} == {"gc_read_card", "gc_read_operations", "gc_ping"}
     assert not any("allow-oom" in f for f in flags.values())
 
     client.config_set("maxmemory-policy", "noeviction")
