@@ -8,6 +8,7 @@ by code, which first resolves the code index.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -26,7 +27,11 @@ from .keys import Keys, is_valid_id
 from .money import Amount, exponent_of
 
 log = logging.getLogger(__name__)
-LIBRARY = (Path(__file__).parent / "lua" / "ledger.lua").read_text()
+_SOURCE = (Path(__file__).parent / "lua" / "ledger.lua").read_text()
+# gc_ping answers the digest of the library text it was loaded from, so a process can tell a
+# library left in Redis by an older release (Redis keeps it across restarts) from its own.
+LIBRARY_DIGEST = hashlib.sha256(_SOURCE.encode()).hexdigest()[:16]
+LIBRARY = _SOURCE.replace("__LIBRARY_DIGEST__", LIBRARY_DIGEST)
 
 # A card's statuses; "inactive" is final (see gc_set_status).
 STATUSES = ("active", "blocked", "inactive")
@@ -109,6 +114,7 @@ class LedgerStore:
     def __init__(self, client: redis.Redis | RedisCluster | None, settings: Settings):
         self._client = use_local_fcall_keys(client) if is_cluster(client) else client
         self._connecting = threading.Lock()
+        self._library_checked = False
         self.keys = Keys(settings.key_prefix)
         self.hasher = CodeHasher(settings.code_hash_secret)
         self.settings = settings
@@ -139,7 +145,30 @@ class LedgerStore:
         with _translated_errors():
             self.redis.function_load(LIBRARY, replace=True)
 
+    def ensure_library(self) -> None:
+        """Make sure Redis runs this release's ledger.lua (every primary of a cluster): load it if a
+        primary has none or another version. The store does this before its first call in a process."""
+        with _translated_errors():
+            try:
+                current = self._library_digests() == {LIBRARY_DIGEST}
+            except redis.ResponseError as exc:
+                if "function not found" not in str(exc).lower():
+                    raise
+                current = False
+            if not current:
+                self.load_library()
+                log.info("loaded the ledger library %s", LIBRARY_DIGEST)
+        self._library_checked = True
+
+    def _library_digests(self) -> set[str]:
+        if not self.cluster:
+            return {self.redis.fcall_ro("gc_ping", 0)}
+        replies = self.redis.execute_command("FCALL_RO", "gc_ping", 0, target_nodes=RedisCluster.PRIMARIES)
+        return set(replies.values())
+
     def _fcall(self, name: str, keys: list[str], args: list[str], *, readonly: bool = False):
+        if not self._library_checked:
+            self.ensure_library()
         call = self._call_ro if readonly else self._call_rw
         with _translated_errors():
             try:
@@ -184,22 +213,21 @@ class LedgerStore:
             return pipe.execute()
 
     def ping(self) -> bool:
-        """The library answers: on every primary of a cluster, since each serves its own cards."""
-        if not self.cluster:
-            return self._fcall("gc_ping", [], [], readonly=True) == "pong"
+        """True if every primary runs this release's library (a PING alone would miss a lost one).
 
-        def ping_primaries():
-            replies = self.redis.execute_command("FCALL_RO", "gc_ping", 0, target_nodes=RedisCluster.PRIMARIES)
-            return all(reply == "pong" for reply in replies.values())
-
+        False if another release has replaced it since this process checked: that is not
+        undone here, or two releases side by side would swap the library on every probe.
+        """
+        if not self._library_checked:
+            self.ensure_library()
         with _translated_errors():
             try:
-                return ping_primaries()
+                return self._library_digests() == {LIBRARY_DIGEST}
             except redis.ResponseError as exc:
                 if "function not found" not in str(exc).lower():
                     raise
-                self.load_library()  # a primary that joined or restarted without the library
-                return ping_primaries()
+                self.load_library()  # lost (a flush, a restart without persistence): ours is the one to load
+                return self._library_digests() == {LIBRARY_DIGEST}
 
     # -- cards --------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from giftcard_provider import create_app
+from giftcard_provider.store import LIBRARY, LIBRARY_DIGEST
 
 from .conftest import make_settings
 from .redis_server import free_port
@@ -33,4 +34,26 @@ def test_ready_reloads_a_flushed_library(real_redis):
     real_redis.function_flush()
     assert real_redis.function_list() == []
     assert client.get("/ready").status_code == 200
-    assert real_redis.fcall_ro("gc_ping", 0) == "pong"  # the library is back
+    assert real_redis.fcall_ro("gc_ping", 0) == LIBRARY_DIGEST  # the library is back
+
+
+def test_an_older_release_s_library_is_replaced_once_per_process_and_never_swapped_back(real_redis):
+    """Redis keeps a loaded library across restarts: an upgrade must not run the previous release's functions."""
+    older = LIBRARY.replace(LIBRARY_DIGEST, "older-release")
+    real_redis.function_load(older, replace=True)
+    app = create_app(make_settings(), redis_client=real_redis)
+    client = app.test_client()
+    assert client.get("/ready").json == {"status": "ready"}  # the first call of the process loads its own
+    assert real_redis.fcall_ro("gc_ping", 0) == LIBRARY_DIGEST
+
+    real_redis.function_load(older, replace=True)  # an older process, still running, did the same
+    response = client.get("/ready")
+    assert response.status_code == 503 and "another release" in response.json["reason"]
+    assert real_redis.fcall_ro("gc_ping", 0) == "older-release"  # not swapped back by a probe
+
+
+def test_an_older_caller_of_gc_create_card_is_refused_not_left_unfindable(real_redis):
+    create_app(make_settings(), redis_client=real_redis).test_client().get("/ready")
+    keys = ["gc:{c1}:card", "gc:code:abc", "gc:owner:someone"]  # how the previous release called it
+    assert real_redis.fcall("gc_create_card", 3, *keys, "c1", "", "", "1000", "currency", "USD") == ["wrong_keys"]
+    assert real_redis.keys("gc:*") == []

@@ -20,7 +20,9 @@ def health():
 def ready():
     """Redis answers and runs our Lua library (a PING alone would miss a lost library)."""
     try:
-        ledger().ping()
+        current = ledger().ping()
     except StoreUnavailable as exc:
         return jsonify(status="unavailable", reason=exc.message), 503
+    if not current:
+        return jsonify(status="unavailable", reason="Redis runs another release's ledger library"), 503
     return jsonify(status="ready")

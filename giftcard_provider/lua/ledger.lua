@@ -126,6 +126,9 @@ card's slot, so store.py writes them after this call (never before: an index
 must not name a card that does not exist).
 --]]
 local function create_card(keys, args)
+  -- A caller of an older release still passes the two index keys and expects them written here:
+  -- refuse it rather than create a card no code can find.
+  if #keys ~= 1 then return {'wrong_keys'} end
   if redis.call('EXISTS', keys[1]) == 1 then return {'card_exists'} end
   local at = now_ms()
   local from = tonumber(args[2]) or at
@@ -383,9 +386,13 @@ local function read_operations(keys, args)
   return reply
 end
 
---[[ gc_ping (read-only): proves the library is loaded and Redis runs Lua. Returns "pong". --]]
+--[[ gc_ping (read-only): proves the library is loaded and Redis runs Lua.
+Returns the library's digest, which store.py writes over the placeholder when it loads the
+library: a store that gets another digest back loads its own version (store.ensure_library).
+--]]
+local LIBRARY_DIGEST = '__LIBRARY_DIGEST__'
 local function ping(keys, args)
-  return 'pong'
+  return LIBRARY_DIGEST
 end
 
 --[[ gc_set_status: block, unblock or deactivate a card (an operator's action; moves no money)
