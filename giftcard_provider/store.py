@@ -167,20 +167,24 @@ class LedgerStore:
         return set(replies.values())
 
     def _fcall(self, name: str, keys: list[str], args: list[str], *, readonly: bool = False):
+        call = self._call_ro if readonly else self._call_rw
+        reply = self._with_library(lambda: call(name, keys, args))
+        observability.ledger_reply(name, args, reply)  # metrics: authorized, refused (by code), settled...
+        return reply
+
+    def _with_library(self, run):
+        """run() calls ledger functions: make sure they are this release's, and reload a lost library."""
         if not self._library_checked:
             self.ensure_library()
-        call = self._call_ro if readonly else self._call_rw
         with _translated_errors():
             try:
-                reply = call(name, keys, args)
+                return run()
             except redis.ResponseError as exc:
                 # A restarted or flushed Redis lost the library: load it and go on.
                 if "function not found" not in str(exc).lower():
                     raise
                 self.load_library()
-                reply = call(name, keys, args)
-        observability.ledger_reply(name, args, reply)  # metrics: authorized, refused (by code), settled...
-        return reply
+                return run()
 
     def _call_ro(self, name: str, keys: list[str], args: list[str]):
         return self.redis.fcall_ro(name, len(keys), *keys, *args)
@@ -341,8 +345,10 @@ class LedgerStore:
         """Cards owned by any of the identities (client id, email), oldest first."""
         owned = self._pipeline(lambda pipe: [pipe.smembers(self.keys.owner_index(i)) for i in sorted(identities)])
         ids = sorted(set().union(*owned))
-        replies = self._pipeline(
-            lambda pipe: [pipe.fcall_ro("gc_read_card", 2, self.keys.card(i), self.keys.holds(i)) for i in ids]
+        replies = self._with_library(
+            lambda: self._pipeline(
+                lambda pipe: [pipe.fcall_ro("gc_read_card", 2, self.keys.card(i), self.keys.holds(i)) for i in ids]
+            )
         )
         cards = [_card_from_reply(i, r) for i, r in zip(ids, replies, strict=True)]
         return sorted((c for c in cards if c), key=lambda c: int(c.fields["createdMs"]))

@@ -57,3 +57,15 @@ def test_an_older_caller_of_gc_create_card_is_refused_not_left_unfindable(real_r
     keys = ["gc:{c1}:card", "gc:code:abc", "gc:owner:someone"]  # how the previous release called it
     assert real_redis.fcall("gc_create_card", 3, *keys, "c1", "", "", "1000", "currency", "USD") == ["wrong_keys"]
     assert real_redis.keys("gc:*") == []
+
+
+def test_search_by_client_reloads_a_flushed_library(real_redis):
+    """The owner search reads cards with a pipeline of FCALL_RO: it heals a lost library like every call."""
+    hub_app = create_app(make_settings(), redis_client=real_redis)
+    store = hub_app.extensions["giftcard_provider"]["store"]
+    card, _ = store.create_card(
+        relation_name="r", caption="c", profile_id="p@example.com", currency="USD", restricted_to_owner=False,
+        multiple_redemptions=True, multiple_credits=True, emission_ms=None, expiring_ms=None,
+    )  # fmt: skip
+    real_redis.function_flush()
+    assert [c.id for c in store.cards_of({"p@example.com"})] == [card.id]
