@@ -45,13 +45,19 @@ def redis_cluster():
     cluster.close()
 
 
-@pytest.fixture
-def cluster_redis(redis_cluster):
-    """A client of the 3-primary cluster, emptied (FLUSHALL runs on every primary)."""
+@pytest.fixture(scope="session")
+def _cluster_client(redis_cluster):
+    # One client for the session: making one asks the cluster for its slots and command table.
     client = RedisCluster.from_url(redis_cluster.url, decode_responses=True)
-    client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture
+def cluster_redis(_cluster_client):
+    """A client of the 3-primary cluster, emptied (FLUSHALL runs on every primary)."""
+    _cluster_client.flushall()
+    return _cluster_client
 
 
 @pytest.fixture(params=["fakeredis", "redis", "cluster"])
