@@ -39,7 +39,7 @@ from .keys import is_valid_id
 from .money import Amount, UnknownCurrency, exponent_of
 from .observability import StdoutHandler
 from .store import Card, LedgerStore
-from .verify import card_ids, dangling_index_entries, unreachable_cards, verify_card
+from .verify import card_ids, verify_store
 
 _AMOUNT = re.compile(r"\d+(\.\d+)?")
 JOURNAL_PAGE = 1000
@@ -637,23 +637,16 @@ def verify(card_id, as_json):
     cards left unreachable by an interrupted creation (no money: not a failure).
     """
     store = _store()
-    checked, failed, dangling, unreachable = 0, {}, [], []
-    for cid in [card_id] if card_id else card_ids(store.redis, store.keys):
-        checked += 1
-        problems = verify_card(store.redis, store.keys, cid)
-        if problems:
-            failed[cid] = problems
-    if not card_id:
-        dangling = dangling_index_entries(store.redis, store.keys)
-        unreachable = unreachable_cards(store.redis, store.keys)
-    ok = not failed and not dangling
+    report = verify_store(store.redis, store.keys, card_id)
+    checked, failed, dangling, unreachable = report.checked, report.failed, report.dangling, report.unreachable
+    ok = not report.problems
     if as_json:
         _emit({"checked": checked, "ok": ok, "failed": failed, "danglingIndexEntries": dangling,
                "unreachable": unreachable})  # fmt: skip
         if not ok:
             click.get_current_context().exit(1)
         return
-    for problem in [p for problems in failed.values() for p in problems] + dangling:
+    for problem in report.problems:
         click.echo(problem)
     if unreachable:
         click.echo(

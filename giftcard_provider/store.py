@@ -37,6 +37,11 @@ LIBRARY = _SOURCE.replace("__LIBRARY_DIGEST__", LIBRARY_DIGEST)
 STATUSES = ("active", "blocked", "inactive")
 
 
+def _library_missing(exc: redis.ResponseError) -> bool:
+    """A restarted or flushed Redis lost the library (on one primary, at least)."""
+    return "function not found" in str(exc).lower()
+
+
 @contextlib.contextmanager
 def _translated_errors():
     try:
@@ -152,7 +157,7 @@ class LedgerStore:
             try:
                 current = self._library_digests() == {LIBRARY_DIGEST}
             except redis.ResponseError as exc:
-                if "function not found" not in str(exc).lower():
+                if not _library_missing(exc):
                     raise
                 current = False
             if not current:
@@ -180,10 +185,9 @@ class LedgerStore:
             try:
                 return run()
             except redis.ResponseError as exc:
-                # A restarted or flushed Redis lost the library: load it and go on.
-                if "function not found" not in str(exc).lower():
+                if not _library_missing(exc):
                     raise
-                self.load_library()
+                self.load_library()  # lost since this process checked it: ours is the one to load
                 return run()
 
     def _call_ro(self, name: str, keys: list[str], args: list[str]):
@@ -222,16 +226,7 @@ class LedgerStore:
         False if another release has replaced it since this process checked: that is not
         undone here, or two releases side by side would swap the library on every probe.
         """
-        if not self._library_checked:
-            self.ensure_library()
-        with _translated_errors():
-            try:
-                return self._library_digests() == {LIBRARY_DIGEST}
-            except redis.ResponseError as exc:
-                if "function not found" not in str(exc).lower():
-                    raise
-                self.load_library()  # lost (a flush, a restart without persistence): ours is the one to load
-                return self._library_digests() == {LIBRARY_DIGEST}
+        return self._with_library(self._library_digests) == {LIBRARY_DIGEST}
 
     # -- cards --------------------------------------------------------------
 

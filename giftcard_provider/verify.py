@@ -14,6 +14,7 @@ an index entry that names no card must never exist.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import redis
 
@@ -38,9 +39,14 @@ def _sum(records: list[str]) -> int:
 
 def verify_card(client: redis.Redis, keys: Keys, card_id: str) -> list[str]:
     """Every inconsistency found on one card, as sentences; [] means the card is sound."""
+    return _check_card(client, keys, card_id)[0]
+
+
+def _check_card(client: redis.Redis, keys: Keys, card_id: str) -> tuple[list[str], bool]:
+    """(verify_card's problems, whether the card is unreachable: see unreachable_cards)."""
     card = client.hgetall(keys.card(card_id))
     if not card:
-        return [f"card {card_id}: not found"]
+        return [f"card {card_id}: not found"], False
     problems: list[str] = []
     available = held = 0
     for expected_seq, (entry_id, entry) in enumerate(client.xrange(keys.journal(card_id)), 1):
@@ -78,18 +84,14 @@ def verify_card(client: redis.Redis, keys: Keys, card_id: str) -> list[str]:
     for request_id, packed in client.hgetall(keys.requests(card_id)).items():
         if packed.split("|")[0] not in tx_ids:
             problems.append(f"requestId {request_id!r} points to a missing transaction")
-    problems += _verify_indexed(client, keys, card_id, card)
-    return [f"card {card_id}: {p}" for p in problems]
+    gaps = _index_gaps(client, keys, card_id, card)
+    unreachable = bool(gaps) and card["seq"] == "0" and not tx_ids  # an interrupted creation
+    if gaps and not unreachable:
+        problems.append(f"missing from the {' and '.join(gaps)} index")
+    return [f"card {card_id}: {p}" for p in problems], unreachable
 
 
-def _verify_indexed(client, keys: Keys, card_id: str, card: dict) -> list[str]:
-    gaps = index_gaps(client, keys, card_id, card)
-    if not gaps or never_used(client, keys, card_id, card):
-        return []  # an interrupted creation: see unreachable_cards
-    return [f"missing from the {' and '.join(gaps)} index"]
-
-
-def index_gaps(client, keys: Keys, card_id: str, card: dict) -> list[str]:
+def _index_gaps(client, keys: Keys, card_id: str, card: dict) -> list[str]:
     """The indexes ("code", "owner") that do not name the card."""
     gaps = []
     # Cards made before codeDigest was stored cannot be checked against the code index.
@@ -100,23 +102,41 @@ def index_gaps(client, keys: Keys, card_id: str, card: dict) -> list[str]:
     return gaps
 
 
-def never_used(client, keys: Keys, card_id: str, card: dict) -> bool:
-    return card["seq"] == "0" and not client.exists(keys.transactions(card_id))
+@dataclass
+class Report:
+    checked: int = 0
+    failed: dict[str, list[str]] = field(default_factory=dict)  # card id -> its problems
+    dangling: list[str] = field(default_factory=list)  # index entries that name no card
+    unreachable: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for problems in self.failed.values() for p in problems] + self.dangling
+
+
+def verify_store(client: redis.Redis, keys: Keys, card_id: str | None = None) -> Report:
+    """One card, or every card (by SCAN) and then every index entry.
+
+    Unreachable cards are those whose creation stopped before their indexes were
+    written (Redis failed in between). The caller got a 503, so the card's id and
+    code were never handed out; it has no money and no transactions, and nothing
+    can reach it. Not a ledger problem: garbage that costs about 1 KiB each.
+    """
+    report = Report()
+    for cid in [card_id] if card_id else card_ids(client, keys):
+        report.checked += 1
+        problems, unreachable = _check_card(client, keys, cid)
+        if problems:
+            report.failed[cid] = problems
+        if unreachable and not card_id:
+            report.unreachable.append(cid)
+    if not card_id:
+        report.dangling = dangling_index_entries(client, keys)
+    return report
 
 
 def unreachable_cards(client: redis.Redis, keys: Keys) -> list[str]:
-    """Cards whose creation stopped before their indexes were written (Redis failed in between).
-
-    The caller got a 503, so the card's id and code were never handed out; it
-    has no money and no transactions, and nothing can reach it. Not a ledger
-    problem: garbage that costs about 1 KiB each.
-    """
-    found = []
-    for card_id in card_ids(client, keys):
-        card = client.hgetall(keys.card(card_id))
-        if card and index_gaps(client, keys, card_id, card) and never_used(client, keys, card_id, card):
-            found.append(card_id)
-    return found
+    return verify_store(client, keys).unreachable
 
 
 def dangling_index_entries(client: redis.Redis, keys: Keys) -> list[str]:
@@ -178,8 +198,5 @@ def card_ids(client: redis.Redis, keys: Keys) -> Iterator[str]:
 
 def verify_all(client: redis.Redis, keys: Keys) -> tuple[int, list[str]]:
     """(cards checked, problems) over the whole store."""
-    checked, problems = 0, []
-    for card_id in card_ids(client, keys):
-        checked += 1
-        problems += verify_card(client, keys, card_id)
-    return checked, problems + dangling_index_entries(client, keys)
+    report = verify_store(client, keys)
+    return report.checked, report.problems

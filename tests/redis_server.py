@@ -138,6 +138,10 @@ class LocalCluster:
                 raise TimeoutError(f"cluster not ok after {timeout} s: {states}")
             time.sleep(0.05)
 
+    def node_named(self, name: str) -> RedisServer:
+        """The process behind a redis-py node name ("127.0.0.1:<port>")."""
+        return next(n for n in self.nodes if f"127.0.0.1:{n.port}" == name)
+
     def replication(self, node: RedisServer) -> dict:
         client = redis.Redis(port=node.port, socket_timeout=1, decode_responses=True)
         try:

@@ -38,6 +38,7 @@ CARDS = 24
 THREADS = 8
 BURST = 4.0  # seconds of Debits; the kill comes after the first second
 RECOVERY = 15.0  # seconds allowed for promotion and the client's new slot map
+HEADERS = {"X-PROVIDER-API-AppKey": APP_KEY, "X-PROVIDER-API-AppToken": APP_TOKEN}
 
 
 @dataclass
@@ -63,17 +64,22 @@ def cluster():
         gc.collect()
 
 
-def test_killing_a_primary_mid_burst_loses_nothing_but_its_last_moment(cluster):
+@pytest.fixture
+def app(cluster):
     settings = make_settings(redis_url=cluster.url, redis_cluster=True)
     client = connect(settings)  # the production client: 0.5 s timeouts, one retry
-    app = create_app(settings, redis_client=client)
+    yield create_app(settings, redis_client=client)
+    client.close()
+
+
+def test_killing_a_primary_mid_burst_loses_nothing_but_its_last_moment(cluster, app):
     store = app.extensions["giftcard_provider"]["store"]
-    headers = {"X-PROVIDER-API-AppKey": APP_KEY, "X-PROVIDER-API-AppToken": APP_TOKEN}
-    seed = Hub(app.test_client(), headers)
+    client = store.redis
+    seed = Hub(app.test_client(), HEADERS)
     cards = [seed.funded_card(Decimal("1000"))["id"] for _ in range(CARDS)]
     shard_of = {c: client.get_node_from_key(store.keys.card(c)).name for c in cards}
     victim_name = shard_of[cards[0]]
-    victim = next(n for n in cluster.nodes if f"127.0.0.1:{n.port}" == victim_name)
+    victim = cluster.node_named(victim_name)
     on_victim = {c for c in cards if shard_of[c] == victim_name}
     heir = cluster.replica_of(victim)
 
@@ -83,7 +89,7 @@ def test_killing_a_primary_mid_burst_loses_nothing_but_its_last_moment(cluster):
     stop = started + BURST
 
     def burst(seed_value: int) -> None:
-        hub, rng = Hub(app.test_client(), headers), random.Random(seed_value)
+        hub, rng = Hub(app.test_client(), HEADERS), random.Random(seed_value)
         while time.monotonic() < stop:
             card_id, rid = rng.choice(cards), f"burst-{next(ids)}"
             t0 = time.monotonic()
@@ -132,25 +138,22 @@ def test_killing_a_primary_mid_burst_loses_nothing_but_its_last_moment(cluster):
         f"primary {victim_name} killed at {killed_at:.2f} s, its cards took money again at {recovered_at:.2f} s; "
         f"{len(lost)} acknowledged Debit(s) lost with it; {checked} cards verified"
     )
-    client.close()
 
 
-def test_writes_the_replica_never_received_are_lost_whole_and_a_retry_applies_them_once(cluster):
+def test_writes_the_replica_never_received_are_lost_whole_and_a_retry_applies_them_once(cluster, app):
     """Replication is asynchronous: cut the replica off, Debit on its primary, kill the primary.
 
     Those Debits were acknowledged and are gone after the failover, whole (the
     card verifies, its balance is as if they never happened). The Hub still
     holds them; retried with the same requestId, each is applied exactly once.
     """
-    settings = make_settings(redis_url=cluster.url, redis_cluster=True)
-    client = connect(settings)
-    app = create_app(settings, redis_client=client)
     store = app.extensions["giftcard_provider"]["store"]
-    hub = Hub(app.test_client(), {"X-PROVIDER-API-AppKey": APP_KEY, "X-PROVIDER-API-AppToken": APP_TOKEN})
+    client = store.redis
+    hub = Hub(app.test_client(), HEADERS)
     card_id = hub.funded_card(Decimal("100"))["id"]
     kept = hub.debit(card_id, Decimal("10"), "kept")
     victim_name = client.get_node_from_key(store.keys.card(card_id)).name
-    victim = next(n for n in cluster.nodes if f"127.0.0.1:{n.port}" == victim_name)
+    victim = cluster.node_named(victim_name)
     heir = cluster.replica_of(victim)
     cluster.wait_for_replicas()
 
@@ -180,4 +183,3 @@ def test_writes_the_replica_never_received_are_lost_whole_and_a_retry_applies_th
             assert hub.transaction(card_id, "Debit", Decimal("1"), f"late-{i}").status_code == 200
     assert hub.balance(card_id) == 85
     assert verify_all(client, store.keys) == (1, [])
-    client.close()
