@@ -205,9 +205,7 @@ def seed_cards(store: LedgerStore, count: int, balance: str = "100000", debits_e
                 operation="Debit",
                 amount=Amount.from_decimal(Decimal(debit)),
                 request_id=f"seed-debit-{d}",
-                client="",
-                token="",
-                order_id="",
+                token=seeded.token,
             )
             seeded.debits.append(tx)
         cards.append(seeded)
@@ -220,9 +218,7 @@ def credit(store: LedgerStore, card_id: str, value: str, request_id: str) -> str
         operation="Credit",
         amount=Amount.from_decimal(Decimal(value)),
         request_id=request_id,
-        client="",
         token="",
-        order_id="",
     )
     return tx
 

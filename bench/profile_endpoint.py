@@ -175,15 +175,8 @@ def scenario(name: str, call: Wsgi, store, cards):
             call("POST", f"/giftcards/{c.id}/transactions", body)
 
         def direct():
-            store.authorize(
-                next(cycle).id,
-                operation="Debit",
-                amount=cent,
-                request_id=f"d{next(seq)}",
-                client="",
-                token="",
-                order_id="",
-            )
+            card = next(cycle)
+            store.authorize(card.id, operation="Debit", amount=cent, request_id=f"d{next(seq)}", token=card.token)
 
         return debit, direct
 

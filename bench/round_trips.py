@@ -74,15 +74,17 @@ def endpoints(store, n: int) -> list[Endpoint]:
     # A loyalty client owning 3 cards.
     owned = [store.create_card(**card_args(profile_id="loyal@example.com"))[0].id for _ in range(3)]
     for i, card_id in enumerate(owned):
-        store.authorize(card_id, operation="Credit", amount=_amount("50"), request_id=f"l{i}", **NO_EXTRA)
+        store.authorize(card_id, operation="Credit", amount=_amount("50"), request_id=f"l{i}", token="")
     pairs = [(c, tx) for c in cards for tx in c.debits]
     seq = itertools.count()
     rid = lambda: f"rt-{next(seq)}"  # noqa: E731
     pick = lambda i: cards[i % len(cards)]  # noqa: E731
     pair = lambda i: pairs[i % len(pairs)]  # noqa: E731
-    debit = lambda i: json_body(operation="Debit", value=0.01, requestId=rid(), orderInfo={"orderId": "o1"})  # noqa: E731
-    replay = json_body(operation="Debit", value=0.01, requestId="replayed")
-    store.authorize(cards[0].id, operation="Debit", amount=_amount("0.01"), request_id="replayed", **NO_EXTRA)
+    debit = lambda i: json_body(  # noqa: E731
+        operation="Debit", value=0.01, requestId=rid(), redemptionToken=pick(i).token, orderInfo={"orderId": "o1"}
+    )
+    replay = json_body(operation="Debit", value=0.01, requestId="replayed", redemptionToken=cards[0].token)
+    store.authorize(cards[0].id, operation="Debit", amount=_amount("0.01"), request_id="replayed", token=cards[0].token)
     search = lambda code: json_body(  # noqa: E731
         client={"id": "loyal@example.com", "email": "loyal@example.com", "document": "1"},
         cart={"redemptionCode": code, "relationName": None, "grandTotal": 1},
@@ -136,9 +138,6 @@ def endpoints(store, n: int) -> list[Endpoint]:
 
 def _amount(value: str) -> Amount:
     return Amount.from_decimal(Decimal(value))
-
-
-NO_EXTRA = {"client": "", "token": "", "order_id": ""}
 
 
 def _stats(client) -> tuple[dict, int]:

@@ -92,7 +92,7 @@ class _Queued(LedgerStore):
     }
 
     def _fcall(self, name, keys, args, *, readonly=False):
-        self.pipe.fcall(name, len(keys), *keys, *args)
+        self.pipe.fcall(self.library.function(name), len(keys), *keys, *args)
         self.queued.append(name)
         return self.STAND_IN[name](args)
 
@@ -134,13 +134,13 @@ def bulk_cards(store: LedgerStore, count: int, batch: int, keep: set[int]) -> tu
     return kept, time.monotonic() - started
 
 
-def bulk_transactions(store: LedgerStore, card_id: str, count: int, batch: int, operation: str, value: str):
+def bulk_transactions(
+    store: LedgerStore, card_id: str, count: int, batch: int, operation: str, value: str, token: str = ""
+):
     queued, ids = _Queued(store), []
     amount = Amount.from_decimal(Decimal(value))
     for i in range(count):
-        _, tx, _ = queued.authorize(
-            card_id, operation=operation, amount=amount, request_id=f"bulk-{i}", client="", token="", order_id=""
-        )
+        _, tx, _ = queued.authorize(card_id, operation=operation, amount=amount, request_id=f"bulk-{i}", token=token)
         ids.append(tx)
         if (i + 1) % batch == 0:
             _flush(queued)
@@ -231,13 +231,13 @@ def transactions_scaling(store, r, app, ours, args, kw) -> list[str]:
     credits = seed_cards(store, 1, balance="1")[0]
     # busy: n - 1 Debits after its seed Credit (n transactions); credits: n Credits; settled: n Debits, then settled.
     mem0 = used_memory(r)
-    debit_ids = bulk_transactions(store, busy.id, n - 1, args.batch, "Debit", "1")
+    debit_ids = bulk_transactions(store, busy.id, n - 1, args.batch, "Debit", "1", busy.token)
     per_debit = (used_memory(r) - mem0) / (n - 1)
     mem0 = used_memory(r)
     bulk_transactions(store, credits.id, n - 1, args.batch, "Credit", "1")
     per_credit = (used_memory(r) - mem0) / (n - 1)
     mem0 = used_memory(r)
-    settled_ids = bulk_transactions(store, settled.id, n - 1, args.batch, "Debit", "1")
+    settled_ids = bulk_transactions(store, settled.id, n - 1, args.batch, "Debit", "1", settled.token)
     bulk_settle(store, settled.id, settled_ids, "1", args.batch)
     per_settled = (used_memory(r) - mem0) / (n - 1)
     assert r.llen(store.keys.transactions(busy.id)) == n

@@ -31,10 +31,10 @@ from marshmallow import ValidationError
 from schemas.common import epoch_ms, iso_ms
 from schemas.giftcards import CreateCardRequestSchema
 
-from .blueprints import email_or_id
 from .codes import mask, new_id, normalise
 from .config import Settings
 from .errors import ProviderError, Refused, StoreUnavailable
+from .identity import normalise as normalise_identity
 from .keys import is_valid_id
 from .money import Amount, UnknownCurrency, exponent_of
 from .observability import StdoutHandler
@@ -414,7 +414,7 @@ def issue(
     card, code = store.create_card(
         relation_name=body["relationName"],
         caption=body["caption"],
-        profile_id=email_or_id(body["profileId"]),
+        profile_id=normalise_identity(body["profileId"]),
         currency=currency,
         restricted_to_owner=body["restrictedToOwner"],
         multiple_redemptions=body["multipleRedemptions"],
@@ -431,9 +431,7 @@ def issue(
     failure = None
     if load_amount is not None:
         try:
-            _, tx_id, _ = store.authorize(
-                card.id, operation="Credit", amount=load_amount, request_id=rid, client="", token="", order_id=""
-            )
+            _, tx_id, _ = store.authorize(card.id, operation="Credit", amount=load_amount, request_id=rid, token="")
             document["load"] = {"transactionId": tx_id, "requestId": rid}
             if not as_json:
                 click.echo(f"loaded {major(minor, card.exponent)} {currency} (transaction {tx_id}, requestId {rid})")
@@ -466,9 +464,7 @@ def load(card_id, amount, request_id, as_json):
     currency = card.fields["currency"]
     minor = _checked_minor(amount, currency, "'AMOUNT'")
     rid = _request_id(request_id)
-    replayed, tx_id, date_ms = store.authorize(
-        card_id, operation="Credit", amount=amount, request_id=rid, client="", token="", order_id=""
-    )
+    replayed, tx_id, date_ms = store.authorize(card_id, operation="Credit", amount=amount, request_id=rid, token="")
     card = _card(store, card_id)
     if as_json:
         _emit(
@@ -690,6 +686,28 @@ def export(card_id, output, since, until):
                     written += 1
             after = page[-1][0]
     click.echo(f"exported {written} journal entries from {exported_cards} card(s)", err=True)
+
+
+@cards.command("libraries")
+@click.option("--prune", is_flag=True, help="Delete every other release's ledger library.")
+@json_option
+def libraries(prune, as_json):
+    """The ledger libraries loaded in Redis: this release's and older ones left by earlier deploys.
+
+    Each release loads its own library beside the others (a rolling deploy runs two releases at
+    once). After a deploy, --prune deletes the other releases' libraries; a process of an older
+    release that is still running loads its own again on its next call, so pruning is always safe.
+    """
+    store = _store()
+    own = store.library.name
+    installed, pruned = store.libraries(prune=prune)
+    if as_json:
+        _emit({"release": own, "installed": installed, "pruned": pruned})
+        return
+    for name in installed:
+        click.echo(f"{name}{'  (this release)' if name == own else ''}")
+    for name in pruned:
+        click.echo(f"pruned {name}")
 
 
 # -- holds --------------------------------------------------------------------

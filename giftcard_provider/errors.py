@@ -47,7 +47,9 @@ _REFUSALS = {
     "card_inactive": "the card is deactivated",
     "card_expired": "the card is past its expiring date",
     "card_not_yet_valid": "the card is not valid before its emission date",
-    "owner_mismatch": "the card is restricted to its owner",
+    "owner_mismatch": "the card is restricted to its owner: a Debit must name the owner in "
+    "orderInfo.clientProfile (email or document)",
+    "token_required": "a Debit must carry the card's redemptionToken (from GET /giftcards/{giftCardId})",
     "token_mismatch": "redemptionToken does not match the card",
     "redemption_used": "the card allows a single redemption and it has been used",
     "credit_used": "the card allows a single credit and it has been used",
@@ -58,21 +60,41 @@ _REFUSALS = {
 }
 
 
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def decimals_message(currency: str, exponent: int) -> str:
+    """Why an amount is too precise for a currency: "USD amounts have at most 2 decimals"."""
+    if exponent == 0:
+        return f"{currency} amounts have no decimals"
+    return f"{currency} amounts have at most {exponent} decimal{'s' if exponent > 1 else ''}"
+
+
 def raise_for_reply(reply: list, what: str = "gift card") -> tuple[bool, list]:
     """Turn a ledger.lua reply into (replayed, payload) or raise its domain error."""
-    status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+    status = _text(reply[0])
     if status in ("ok", "replay"):
         return status == "replay", reply[1:]
     if status == "not_found":
         raise NotFound(f"{what} not found")
     if status == "conflict":
-        field = reply[1].decode() if isinstance(reply[1], bytes) else reply[1]
+        field = _text(reply[1])
         raise Conflict(f"requestId was already used with a different {field}", field=field)
     if status == "invalid_amount_precision":
+        currency, exponent = (_text(v) for v in reply[1:3])
+        message = decimals_message(currency, int(exponent))
+        raise InvalidRequest(message, code="invalid_amount", errors={"json": {"value": [message + "."]}})
+    if status == "invalid_amount":
         raise InvalidRequest(
-            "value has more decimal places than the card's currency allows",
+            "value must be a positive amount",
             code="invalid_amount",
-            errors={"json": {"value": ["Too many decimal places for the card's currency."]}},
+            errors={"json": {"value": ["Must be a positive amount."]}},
+        )
+    if status == "invalid_operation":
+        raise InvalidRequest(
+            "operation must be Debit or Credit",
+            errors={"json": {"operation": ["Must be one of: Debit, Credit."]}},
         )
     if status in _REFUSALS:
         raise Refused(_REFUSALS[status], code=status)

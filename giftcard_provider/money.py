@@ -4,7 +4,9 @@ Amounts arrive as :class:`decimal.Decimal` (the JSON parser never makes a
 float) and are stored as integers of the currency's minor unit (ISO 4217
 exponent). Only the card knows its currency, so a request amount travels to
 the ledger as a (coefficient, scale) pair and ledger.lua scales it, refusing
-values more precise than the currency allows.
+values more precise than the currency allows, with the currency's name and
+exponent in the answer ("USD amounts have at most 2 decimals"). So a binary
+float's leftovers (0.30000000000000004) are refused, never rounded.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from decimal import Decimal
 
 from iso4217 import Currency
 
-# ISO 4217's largest exponent (CLF, UYW); anything finer is refused up front.
-MAX_SCALE = 4
 # 10**30 and above is no amount anyone holds (the configured ceilings are far lower); refusing it
 # here keeps 1e999999999 from costing a 10**999999999 multiplication.
 MAX_INTEGER_DIGITS = 30
+# Far finer than any currency (ISO 4217 goes to 4 decimals), but a bound all the same, so that
+# 1e-999999999 costs no 10**999999999 either. Anything between is kept exact and refused by the
+# ledger, which knows the card's currency and says how many decimals it has.
+MAX_SCALE = 100
 
 
 class UnknownCurrency(ValueError):

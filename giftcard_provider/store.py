@@ -8,12 +8,10 @@ by code, which first resolves the code index.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import redis
 from redis.cluster import RedisCluster
@@ -24,22 +22,17 @@ from .config import Settings
 from .connection import UNAVAILABLE, connect, is_cluster, use_local_fcall_keys
 from .errors import InvalidRequest, NotFound, ProviderError, StoreUnavailable, raise_for_reply
 from .keys import Keys, is_valid_id
+from .ledger_library import RELEASE, Library, installed_libraries, prune_libraries
 from .money import Amount, exponent_of
 
 log = logging.getLogger(__name__)
-_SOURCE = (Path(__file__).parent / "lua" / "ledger.lua").read_text()
-# gc_ping answers the digest of the library text it was loaded from, so a process can tell a
-# library left in Redis by an older release (Redis keeps it across restarts) from its own.
-LIBRARY_DIGEST = hashlib.sha256(_SOURCE.encode()).hexdigest()[:16]
-LIBRARY = _SOURCE.replace("__LIBRARY_DIGEST__", LIBRARY_DIGEST)
+
+# Holds the sweeper releases per call on one card (it calls again while a call releases some):
+# keeps each call short on a card with a backlog. Money calls release every due hold.
+SWEEP_BATCH = 100
 
 # A card's statuses; "inactive" is final (see gc_set_status).
 STATUSES = ("active", "blocked", "inactive")
-
-
-def _library_missing(exc: redis.ResponseError) -> bool:
-    """A restarted or flushed Redis lost the library (on one primary, at least)."""
-    return "function not found" in str(exc).lower()
 
 
 @contextlib.contextmanager
@@ -116,10 +109,10 @@ class LedgerStore:
     503 on /ready) while Redis is down.
     """
 
-    def __init__(self, client: redis.Redis | RedisCluster | None, settings: Settings):
+    def __init__(self, client: redis.Redis | RedisCluster | None, settings: Settings, library: Library = RELEASE):
         self._client = use_local_fcall_keys(client) if is_cluster(client) else client
         self._connecting = threading.Lock()
-        self._library_checked = False
+        self.library = library
         self.keys = Keys(settings.key_prefix)
         self.hasher = CodeHasher(settings.code_hash_secret)
         self.settings = settings
@@ -146,60 +139,34 @@ class LedgerStore:
         return is_cluster(self.redis)
 
     def load_library(self) -> None:
-        """Load ledger.lua (on every primary of a cluster: a function runs where its card's slot lives)."""
+        """Load this release's ledger.lua (on every primary of a cluster: a function runs where its card's
+        slot lives). Calls load it themselves when it is missing; this is for operators and tests."""
         with _translated_errors():
-            self.redis.function_load(LIBRARY, replace=True)
-
-    def ensure_library(self) -> None:
-        """Make sure Redis runs this release's ledger.lua (every primary of a cluster): load it if a
-        primary has none or another version. The store does this before its first call in a process."""
-        with _translated_errors():
-            try:
-                current = self._library_digests() == {LIBRARY_DIGEST}
-            except redis.ResponseError as exc:
-                if not _library_missing(exc):
-                    raise
-                current = False
-            if not current:
-                self.load_library()
-                log.info("loaded the ledger library %s", LIBRARY_DIGEST)
-        self._library_checked = True
-
-    def _library_digests(self) -> set[str]:
-        if not self.cluster:
-            return {self.redis.fcall_ro("gc_ping", 0)}
-        replies = self.redis.execute_command("FCALL_RO", "gc_ping", 0, target_nodes=RedisCluster.PRIMARIES)
-        return set(replies.values())
+            self.library.load(self.redis)
 
     def _fcall(self, name: str, keys: list[str], args: list[str], *, readonly: bool = False):
+        """Call this release's ledger function `name` (gc_authorize, ...), loading the library if missing."""
         call = self._call_ro if readonly else self._call_rw
         reply = self._with_library(lambda: call(name, keys, args))
         observability.ledger_reply(name, args, reply)  # metrics: authorized, refused (by code), settled...
         return reply
 
     def _with_library(self, run):
-        """run() calls ledger functions: make sure they are this release's, and reload a lost library."""
-        if not self._library_checked:
-            self.ensure_library()
+        """run() calls this release's ledger functions: load the library if Redis lacks them."""
         with _translated_errors():
-            try:
-                return run()
-            except redis.ResponseError as exc:
-                if not _library_missing(exc):
-                    raise
-                self.load_library()  # lost since this process checked it: ours is the one to load
-                return run()
+            return self.library.run(self.redis, run)
 
     def _call_ro(self, name: str, keys: list[str], args: list[str]):
-        return self.redis.fcall_ro(name, len(keys), *keys, *args)
+        return self.redis.fcall_ro(self.library.function(name), len(keys), *keys, *args)
 
     def _call_rw(self, name: str, keys: list[str], args: list[str]):
         s = self.settings
+        function = self.library.function(name)
         if not (s.redis_wait_local_aof or s.redis_wait_replicas):
-            return self.redis.fcall(name, len(keys), *keys, *args)
+            return self.redis.fcall(function, len(keys), *keys, *args)
         # Opt-in durability: WAIT / WAITAOF (Redis >= 7.2) ride in the same round trip as the write.
         pipe = self.redis.pipeline(transaction=False)
-        pipe.fcall(name, len(keys), *keys, *args)
+        pipe.fcall(function, len(keys), *keys, *args)
         if s.redis_wait_local_aof:
             pipe.execute_command("WAITAOF", s.redis_wait_local_aof, s.redis_wait_replicas, s.redis_wait_timeout_ms)
         else:
@@ -220,13 +187,19 @@ class LedgerStore:
             build(pipe)
             return pipe.execute()
 
-    def ping(self) -> bool:
-        """True if every primary runs this release's library (a PING alone would miss a lost one).
+    def libraries(self, *, prune: bool = False) -> tuple[list[str], list[str]]:
+        """(the ledger libraries loaded in Redis, those pruned): with `prune`, every other release's
+        is deleted (ledger_library.prune_libraries says why that is safe). Loads this release's first."""
+        with _translated_errors():
+            self.library.load(self.redis)
+            pruned = prune_libraries(self.redis, keep=self.library) if prune else []
+            return installed_libraries(self.redis), pruned
 
-        False if another release has replaced it since this process checked: that is not
-        undone here, or two releases side by side would swap the library on every probe.
-        """
-        return self._with_library(self._library_digests) == {LIBRARY_DIGEST}
+    def ping(self) -> bool:
+        """True if Redis answers and runs this release's library on every primary (a PING alone would
+        miss a lost library; a missing one is loaded here, as by any call)."""
+        with _translated_errors():
+            return self.library.ping(self.redis) == {self.library.digest}
 
     # -- cards --------------------------------------------------------------
 
@@ -340,9 +313,10 @@ class LedgerStore:
         """Cards owned by any of the identities (client id, email), oldest first."""
         owned = self._pipeline(lambda pipe: [pipe.smembers(self.keys.owner_index(i)) for i in sorted(identities)])
         ids = sorted(set().union(*owned))
+        read_card = self.library.function("gc_read_card")
         replies = self._with_library(
             lambda: self._pipeline(
-                lambda pipe: [pipe.fcall_ro("gc_read_card", 2, self.keys.card(i), self.keys.holds(i)) for i in ids]
+                lambda pipe: [pipe.fcall_ro(read_card, 2, self.keys.card(i), self.keys.holds(i)) for i in ids]
             )
         )
         cards = [_card_from_reply(i, r) for i, r in zip(ids, replies, strict=True)]
@@ -387,11 +361,16 @@ class LedgerStore:
         operation: str,
         amount: Amount,
         request_id: str,
-        client: str,
         token: str,
-        order_id: str,
+        identities: set[str] = frozenset(),
+        order_id: str = "",
+        description: str = "",
     ) -> tuple[bool, str, int]:
-        """Create a Debit (hold) or Credit (load). Returns (replayed, transaction id, date ms)."""
+        """Create a Debit (hold) or Credit (load). Returns (replayed, transaction id, date ms).
+
+        A Debit must carry the card's redemption `token` and, on a card restricted to its
+        owner, name the owner among `identities` (normalised: identity.py); the ledger checks both.
+        """
         self._require_id(card_id, "gift card")
         tx_id = new_id()
         k = self.keys
@@ -405,7 +384,17 @@ class LedgerStore:
                 k.holds(card_id),
                 k.transaction(card_id, tx_id),
             ],
-            [tx_id, operation, *amount.ledger_args(), request_id, client, token, self._hold_ms, order_id],
+            [
+                tx_id,
+                operation,
+                *amount.ledger_args(),
+                request_id,
+                token,
+                self._hold_ms,
+                order_id,
+                description,
+                *sorted(identities),
+            ],
         )
         replayed, (tx, date_ms) = raise_for_reply(reply)
         return replayed, tx, int(date_ms)
@@ -437,11 +426,11 @@ class LedgerStore:
         replayed, (oid, minor, date_ms, exponent) = raise_for_reply(reply, "transaction")
         return replayed, Operation(oid, int(minor), int(date_ms), request_id), int(exponent)
 
-    def expire_holds(self, card_id: str) -> int:
-        """Release the card's holds past their deadline now. Returns how many were released."""
+    def expire_holds(self, card_id: str, batch: int = SWEEP_BATCH) -> int:
+        """Release at most `batch` of the card's holds past their deadline now. Returns how many."""
         self._require_id(card_id, "gift card")
         k = self.keys
-        reply = self._fcall("gc_expire_holds", [k.card(card_id), k.journal(card_id), k.holds(card_id)], [])
+        reply = self._fcall("gc_expire_holds", [k.card(card_id), k.journal(card_id), k.holds(card_id)], [str(batch)])
         return int(raise_for_reply(reply)[1][0])
 
     def transaction_ids(self, card_id: str, start: int, stop: int) -> tuple[list[str], int]:

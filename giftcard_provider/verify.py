@@ -5,6 +5,10 @@ from zero, each entry's recorded balances must follow from the previous ones,
 the end must equal the card's balances, and every transaction's settlements and
 cancellations must add up to its counters and stay within their caps.
 
+Each card is read in one call of the read-only ledger function gc_read_ledger,
+so a write can never land between two of the reads and make a sound card look
+broken: verify runs beside live traffic without false reports.
+
 The code and owner indexes live outside the cards' slots and are written after
 the card (store.create_card), so they are checked both ways: a card its code
 index does not name was never handed out (its creation was interrupted), and
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 import redis
 
 from .keys import Keys
+from .ledger_library import RELEASE
 
 # Journal kind -> (change of available, change of held), per unit of `amount`.
 DELTAS = {
@@ -42,14 +47,51 @@ def verify_card(client: redis.Redis, keys: Keys, card_id: str) -> list[str]:
     return _check_card(client, keys, card_id)[0]
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """One card's ledger as gc_read_ledger read it, at one instant."""
+
+    card: dict[str, str]
+    journal: list[tuple[str, dict[str, str]]]
+    holding: set[str]
+    requests: dict[str, str]
+    transactions: dict[str, tuple[dict[str, str], list[str], list[str]]]  # id -> (fields, settlements, cancels)
+
+    @classmethod
+    def read(cls, client, keys: Keys, card_id: str) -> _Snapshot | None:
+        call_keys = [
+            keys.card(card_id),
+            keys.transactions(card_id),
+            keys.requests(card_id),
+            keys.journal(card_id),
+            keys.holds(card_id),
+        ]
+        reply = RELEASE.call(client, "gc_read_ledger", call_keys, [], readonly=True)
+        if reply[0] == "not_found":
+            return None
+        _, card, journal, holding, requests, *txs = reply
+        return cls(
+            _pairs(card),
+            [(entry_id, _pairs(fields)) for entry_id, fields in journal],
+            set(holding),
+            _pairs(requests),
+            {tx_id: (_pairs(fields), settled, cancelled) for tx_id, fields, settled, cancelled in txs},
+        )
+
+
+def _pairs(flat: list) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _check_card(client: redis.Redis, keys: Keys, card_id: str) -> tuple[list[str], bool]:
     """(verify_card's problems, whether the card is unreachable: see unreachable_cards)."""
-    card = client.hgetall(keys.card(card_id))
-    if not card:
+    snapshot = _Snapshot.read(client, keys, card_id)
+    if snapshot is None:
         return [f"card {card_id}: not found"], False
+    card = snapshot.card
     problems: list[str] = []
     available = held = 0
-    for expected_seq, (entry_id, entry) in enumerate(client.xrange(keys.journal(card_id)), 1):
+    for expected_seq, (entry_id, entry) in enumerate(snapshot.journal, 1):
         kind, amount = entry["kind"], int(entry["amount"])
         if kind not in DELTAS:
             problems.append(f"journal {entry_id}: unknown kind {kind!r}")
@@ -73,19 +115,20 @@ def _check_card(client: redis.Redis, keys: Keys, card_id: str) -> tuple[list[str
     if available < 0 or held < 0:
         problems.append(f"negative balance: available={available} held={held}")
 
-    tx_ids = client.lrange(keys.transactions(card_id), 0, -1)
-    holding = set(client.zrange(keys.holds(card_id), 0, -1))
     total_held = 0
-    for tx_id in tx_ids:
-        problems += [f"transaction {tx_id}: {p}" for p in _verify_transaction(client, keys, card_id, tx_id, holding)]
-        total_held += int(client.hget(keys.transaction(card_id, tx_id), "held") or 0)
+    for tx_id, (tx, settlements, cancellations) in snapshot.transactions.items():
+        problems += [
+            f"transaction {tx_id}: {p}"
+            for p in _verify_transaction(tx_id, tx, settlements, cancellations, snapshot.holding)
+        ]
+        total_held += int(tx.get("held") or 0)
     if total_held != int(card["held"]):
         problems.append(f"card held {card['held']} differs from the sum of its transactions' holds {total_held}")
-    for request_id, packed in client.hgetall(keys.requests(card_id)).items():
-        if packed.split("|")[0] not in tx_ids:
+    for request_id, packed in snapshot.requests.items():
+        if packed.split("|")[0] not in snapshot.transactions:
             problems.append(f"requestId {request_id!r} points to a missing transaction")
     gaps = _index_gaps(client, keys, card_id, card)
-    unreachable = bool(gaps) and card["seq"] == "0" and not tx_ids  # an interrupted creation
+    unreachable = bool(gaps) and card["seq"] == "0" and not snapshot.transactions  # an interrupted creation
     if gaps and not unreachable:
         problems.append(f"missing from the {' and '.join(gaps)} index")
     return [f"card {card_id}: {p}" for p in problems], unreachable
@@ -158,15 +201,16 @@ def dangling_index_entries(client: redis.Redis, keys: Keys) -> list[str]:
     return problems
 
 
-def _verify_transaction(client, keys: Keys, card_id: str, tx_id: str, holding: set[str]) -> Iterator[str]:
-    tx = client.hgetall(keys.transaction(card_id, tx_id))
+def _verify_transaction(
+    tx_id: str, tx: dict[str, str], settlement_records: list[str], cancellation_records: list[str], holding: set[str]
+) -> Iterator[str]:
     if not tx:
         yield "listed but missing"
         return
     value = int(tx["value"])
     settled = int(tx["settled"])
-    settlements = _sum(client.lrange(keys.settlements(card_id, tx_id), 0, -1))
-    cancellations = _sum(client.lrange(keys.cancellations(card_id, tx_id), 0, -1))
+    settlements = _sum(settlement_records)
+    cancellations = _sum(cancellation_records)
     if settlements != settled:
         yield f"settlements sum to {settlements}, counter says {settled}"
     if tx["operation"] == "Debit":
@@ -181,12 +225,14 @@ def _verify_transaction(client, keys: Keys, card_id: str, tx_id: str, holding: s
             yield "negative counter"
         if (held > 0) != (tx_id in holding):
             yield f"hold of {held} {'missing from' if held else 'left in'} the hold deadlines"
-    else:
+    elif tx["operation"] == "Credit":
         cancelled = int(tx["cancelled"])
         if cancellations != cancelled:
             yield f"cancellations sum to {cancellations}, counter says {cancelled}"
         if cancelled > value or settled > value:
             yield f"settled {settled} or cancelled {cancelled} above value {value}"
+    else:
+        yield f"unknown operation {tx['operation']!r}"
 
 
 def card_ids(client: redis.Redis, keys: Keys) -> Iterator[str]:

@@ -33,7 +33,7 @@ class TransactionRequestSchema(RequestSchema):
     operation = fields.String(required=True, validate=validate.OneOf(["Debit", "Credit"]))
     value = MoneyField(required=True)
     requestId = fields.String(required=True, validate=REQUEST_ID)
-    description = fields.String(allow_none=True)
+    description = fields.String(allow_none=True, validate=validate.Length(max=500))
     # May arrive masked ("***ASDQ") or null: never used to find the card.
     redemptionCode = fields.String(allow_none=True)
     redemptionToken = fields.String(allow_none=True, validate=validate.Length(max=128))
@@ -54,6 +54,7 @@ class TransactionSchema(Schema):
     date = EpochMs()
     requestId = fields.String()
     orderId = fields.String()
+    description = fields.String()
     settlement = fields.Nested(HrefSchema)
     cancellation = fields.Nested(HrefSchema)
     authorization = fields.Nested(HrefSchema)

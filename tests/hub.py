@@ -22,6 +22,16 @@ class Hub:
     def __init__(self, client, headers: dict[str, str]):
         self.client = client
         self.headers = headers
+        self.tokens: dict[str, str] = {}  # card id -> redemptionToken, as the Hub learns it
+
+    def token(self, card_id: str) -> str | None:
+        """The card's redemptionToken: from its creation, or read with GET card as the real Hub does."""
+        if card_id not in self.tokens:
+            response = self.get(f"/giftcards/{card_id}")
+            if response.status_code != 200:
+                return None
+            self.tokens[card_id] = response.json["redemptionToken"]
+        return self.tokens[card_id]
 
     # raw calls ---------------------------------------------------------------
     def post(self, path: str, body=None, **kwargs):
@@ -37,6 +47,7 @@ class Hub:
         body = {"relationName": "gift", "caption": "Gift card", "profileId": "shopper@example.com", **fields}
         response = self.post("/giftcards", body)
         assert response.status_code == 200, response.get_data(as_text=True)
+        self.tokens[response.json["id"]] = response.json["redemptionToken"]
         return response.json
 
     def transaction(self, card_id: str, operation: str, value, rid: str | None = None, **extra):
@@ -45,11 +56,12 @@ class Hub:
             "value": value,
             "requestId": rid or request_id(operation.lower()),
             "description": "test",
-            "redemptionToken": None,
             "redemptionCode": None,
             "orderInfo": None,
             **extra,
         }
+        if "redemptionToken" not in body:  # the real Hub sends the token it read with GET card
+            body["redemptionToken"] = self.token(card_id)
         return self.post(f"/giftcards/{card_id}/transactions", body)
 
     def credit(self, card_id: str, value, rid: str | None = None) -> str:

@@ -19,7 +19,6 @@ from decimal import Decimal
 
 # ISO 4217 minor-unit exponents of the currencies the tests use.
 EXPONENTS = {"BRL": 2, "USD": 2, "EUR": 2, "JPY": 0, "CLP": 0, "KWD": 3, "BHD": 3}
-MAX_PLACES = 4  # no currency has more decimals; finer values are malformed
 
 
 @dataclass(frozen=True)
@@ -127,8 +126,9 @@ class Ledger:
         self.cards: dict[str, Card] = {}
 
     def valid_payload(self, value: Decimal) -> bool:
-        """What the schema checks before anything else: a positive finite number, at most 4 decimals, the ceiling."""
-        return value.is_finite() and value > 0 and decimal_places(value) <= MAX_PLACES and value <= self.max_amount
+        """What the schema checks before anything else: a positive finite number within the ceiling.
+        (Decimals the card's currency does not have are the ledger's refusal, naming the currency.)"""
+        return value.is_finite() and value > 0 and value <= self.max_amount
 
     # -- cards ----------------------------------------------------------------
 
@@ -166,7 +166,7 @@ class Ledger:
         *,
         new_id: str,
         token: str | None = None,
-        client: str | None = None,
+        identities: list[str | None] = (),
     ) -> Answer:
         """POST /giftcards/{card}/transactions. ``new_id`` names the transaction if one is created."""
         if not self.valid_payload(value):
@@ -184,11 +184,14 @@ class Ledger:
             return Answer(200, id=earlier.id)
         if minor is None:
             return Answer(400)
-        client = identity(client)
-        if card.restricted and client and "@" in card.owner and client != card.owner:
-            return refused("owner_mismatch")
         if token and token != card.token:
             return refused("token_mismatch")
+        if operation == "Debit":
+            # Spending needs the card's token, and the owner named when the card is restricted.
+            if not token:
+                return refused("token_required")
+            if card.restricted and card.owner not in {identity(i) for i in identities} - {""}:
+                return refused("owner_mismatch")
         if operation == "Debit":
             if not card.multiple_redemptions and any(t.open_debit for t in card.transactions.values()):
                 return refused("redemption_used")

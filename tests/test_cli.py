@@ -20,6 +20,7 @@ import redis
 from giftcard_provider import create_app
 from giftcard_provider.config import ConfigError, Settings
 from giftcard_provider.connection import connect
+from giftcard_provider.ledger_library import RELEASE, Library
 from giftcard_provider.verify import card_ids
 
 from .conftest import APP_KEY, APP_TOKEN, make_settings
@@ -504,3 +505,14 @@ def test_gunicorn_config_reads_the_environment_and_does_not_preload(monkeypatch,
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path)  # an operator's own choice stands
+
+
+def test_libraries_lists_and_prunes_other_releases(app):
+    store = store_of(app)
+    older = Library(RELEASE.source + "\n-- an older release\n")
+    older.load(store.redis)
+    listed = ok_json(app, "libraries")
+    assert listed == {"release": RELEASE.name, "installed": sorted([older.name, RELEASE.name]), "pruned": []}
+    result = cli(app, "libraries", "--prune")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [f"{RELEASE.name}  (this release)", f"pruned {older.name}"]

@@ -16,7 +16,7 @@ from redis.cluster import RedisCluster
 from giftcard_provider import create_app
 from giftcard_provider.cli import expire_all_holds
 from giftcard_provider.config import ConfigError, Settings
-from giftcard_provider.store import LIBRARY_DIGEST
+from giftcard_provider.ledger_library import RELEASE
 
 from .conftest import APP_KEY, APP_TOKEN, make_settings
 from .hub import Hub
@@ -99,7 +99,7 @@ def test_ready_checks_every_primary_and_reloads_a_lost_library(cluster_redis, ap
     one = cluster_redis.get_primaries()[1]
     cluster_redis.get_redis_connection(one).function_flush()
     assert client.get("/ready").json == {"status": "ready"}
-    assert cluster_redis.get_redis_connection(one).fcall_ro("gc_ping", 0) == LIBRARY_DIGEST
+    assert cluster_redis.get_redis_connection(one).fcall_ro(RELEASE.function("gc_ping"), 0) == RELEASE.digest
 
 
 def test_an_unreachable_cluster_is_a_quick_503_and_the_app_still_starts():

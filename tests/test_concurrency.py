@@ -231,3 +231,41 @@ def test_racing_debits_on_a_single_redemption_card(app, hub):
     assert statuses(responses) == {200: 1, 422: 63}
     assert codes(responses) == {"redemption_used": 63}
     assert hub.balance(card["id"]) == 90
+
+
+def test_verify_beside_live_traffic_reports_nothing_false(app, store):
+    """verify reads each card in one call (gc_read_ledger): run in a loop while Debits, settlements
+    and cancellations land on the same cards, it never reports a problem that is not there."""
+    from giftcard_provider.verify import verify_store
+
+    hub = new_hub(app)
+    cards = [hub.funded_card(Decimal("1000"), currencyCode="BRL")["id"] for _ in range(3)]
+    stop = threading.Event()
+    reports: list[list[str]] = []
+
+    def traffic(worker: int) -> int:
+        client = new_hub(app)
+        done = 0
+        while not stop.is_set():
+            card = cards[done % len(cards)]
+            tx = client.debit(card, Decimal("1"))
+            assert client.settle(card, tx, Decimal("0.5")).status_code == 200
+            assert client.cancel(card, tx, Decimal("0.75")).status_code == 200  # releases 0.5, refunds 0.25
+            done += 1
+        return done
+
+    def verifier() -> int:
+        passes = 0
+        while not stop.is_set() or passes < 3:
+            reports.append(verify_store(store.redis, store.keys).problems)
+            passes += 1
+        return passes
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        writers = [pool.submit(traffic, w) for w in range(4)]
+        checking = pool.submit(verifier)
+        threading.Timer(3.0, stop.set).start()
+        moves = sum(w.result(timeout=DEADLINE) for w in writers)
+        passes = checking.result(timeout=DEADLINE)
+    assert moves > 20 and passes >= 3
+    assert [p for p in reports if p] == []

@@ -34,7 +34,7 @@ from redis.retry import Retry
 
 from giftcard_provider import create_app, jsonio
 from giftcard_provider.keys import Keys
-from giftcard_provider.store import LIBRARY_DIGEST
+from giftcard_provider.ledger_library import RELEASE
 from giftcard_provider.verify import verify_all
 
 from .conftest import APP_KEY, APP_TOKEN, make_settings
@@ -163,9 +163,7 @@ def wait_for(condition, what: str, timeout: float = 10) -> None:
 # -- lost script cache -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "flush", [["SCRIPT", "FLUSH"], ["FUNCTION", "FLUSH"], ["FUNCTION", "DELETE", "giftcard_ledger_v1"]]
-)
+@pytest.mark.parametrize("flush", [["SCRIPT", "FLUSH"], ["FUNCTION", "FLUSH"], ["FUNCTION", "DELETE", RELEASE.name]])
 def test_the_library_is_reloaded_after_a_flush(server, flush):
     hub = hub_on(server)
     card = hub.funded_card(Decimal("50"), currencyCode="BRL")["id"]
@@ -319,20 +317,21 @@ def probe(port: int) -> int | None:
 
 def test_a_worker_killed_mid_burst_loses_no_answered_write(server, gunicorn):
     master, port = gunicorn
-    cards = []
+    cards, tokens = [], {}
     for _ in range(2):
         status, card = call(port, "POST", "/giftcards", {"relationName": "g", "caption": "c", "profileId": "p-1"})
         assert status == 200, card
         status, _ = call(port, "POST", f"/giftcards/{card['id']}/transactions", credit(Decimal("500"), "fund"))
         assert status == 200
         cards.append(card["id"])
+        tokens[card["id"]] = card["redemptionToken"]
     results = []
 
     def burst(worker: int) -> None:
         for i in range(40):
             card, value, rid = cards[i % 2], Decimal(i % 5 + 1), f"b{worker}-{i}"
             try:
-                status, answer = call(port, "POST", f"/giftcards/{card}/transactions", debit(value, rid))
+                status, answer = call(port, "POST", f"/giftcards/{card}/transactions", debit(value, rid, tokens[card]))
             except (OSError, http.client.HTTPException) as exc:  # the worker died under this request
                 status, answer = None, repr(exc)
             results.append((card, value, rid, status, answer))
@@ -358,7 +357,7 @@ def test_a_worker_killed_mid_burst_loses_no_answered_write(server, gunicorn):
     # A request cut off with its worker is retried with the same requestId: one transaction each.
     for card, value, rid, status, _ in results:
         if status is None:
-            status, answer = call(port, "POST", f"/giftcards/{card}/transactions", debit(value, rid))
+            status, answer = call(port, "POST", f"/giftcards/{card}/transactions", debit(value, rid, tokens[card]))
             assert status == 200, answer
     for card in cards:
         assert client.llen(KEYS.transactions(card)) == 1 + sum(r[0] == card for r in results)
@@ -375,8 +374,8 @@ def credit(value: Decimal, rid: str) -> dict:
     return {"operation": "Credit", "value": int(value), "requestId": rid}
 
 
-def debit(value: Decimal, rid: str) -> dict:
-    return {"operation": "Debit", "value": int(value), "requestId": rid}
+def debit(value: Decimal, rid: str, token: str) -> dict:
+    return {"operation": "Debit", "value": int(value), "requestId": rid, "redemptionToken": token}
 
 
 # -- out of memory ----------------------------------------------------------------
@@ -437,10 +436,11 @@ def test_redis_refuses_a_function_without_no_writes_under_oom_before_it_runs(ser
     hub = hub_on(server)
     client = admin(server)
     card_id = hub.funded_card(Decimal("10"), currencyCode="BRL")["id"]
-    (library,) = client.function_list("giftcard_ledger_v1")
+    (library,) = client.function_list(RELEASE.name)
     functions = [pairs(f) for f in pairs(library)["functions"]]
     flags = {f["name"]: set(f["flags"]) for f in functions}
-    assert {name for name, f in flags.items() if "no-writes" in f} == {"gc_read_card", "gc_read_operations", "gc_ping"}
+    read_only = {"gc_read_card", "gc_read_operations", "gc_read_ledger", "gc_ping"}
+    assert {name for name, f in flags.items() if "no-writes" in f} == {RELEASE.function(n) for n in read_only}
     assert not any("allow-oom" in f for f in flags.values())
 
     client.config_set("maxmemory-policy", "noeviction")
@@ -448,9 +448,9 @@ def test_redis_refuses_a_function_without_no_writes_under_oom_before_it_runs(ser
     before = snapshot(client)
     keys = [KEYS.card(card_id), KEYS.journal(card_id), KEYS.holds(card_id)]
     with pytest.raises(redis.exceptions.OutOfMemoryError):
-        client.fcall("gc_expire_holds", len(keys), *keys, "seed")
-    assert client.fcall_ro("gc_read_card", 2, KEYS.card(card_id), KEYS.holds(card_id))[0] == "ok"
-    assert client.fcall_ro("gc_ping", 0) == LIBRARY_DIGEST
+        client.fcall(RELEASE.function("gc_expire_holds"), len(keys), *keys, "100")
+    assert client.fcall_ro(RELEASE.function("gc_read_card"), 2, KEYS.card(card_id), KEYS.holds(card_id))[0] == "ok"
+    assert client.fcall_ro(RELEASE.function("gc_ping"), 0) == RELEASE.digest
     assert snapshot(client) == before
     client.config_set("maxmemory", 0)
-    assert client.fcall("gc_expire_holds", len(keys), *keys, "seed") == ["ok", 0]
+    assert client.fcall(RELEASE.function("gc_expire_holds"), len(keys), *keys, "100") == ["ok", 0]

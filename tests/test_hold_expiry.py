@@ -146,3 +146,48 @@ def test_expiry_is_visible_in_the_list_without_a_money_call(short):
     # The listed record is exactly the one the release then writes: same oid, value and date.
     assert store.expire_holds(card["id"]) == 1
     assert cancellations(hub, card["id"], tx) == pending
+
+
+def age_holds(store, card_id: str, txs: list[str]) -> None:
+    """Move the holds' deadlines into the past, in order (as if their lifetime had passed), all at once,
+    so that no money call in between has released any of them."""
+    base = time.time_ns() // 1_000_000 - 10_000
+    pipe = store.redis.pipeline(transaction=False)
+    for i, tx in enumerate(txs):
+        pipe.hset(store.keys.transaction(card_id, tx), "holdDeadlineMs", base + i)
+        pipe.zadd(store.keys.holds(card_id), {tx: base + i})
+    pipe.execute()
+
+
+def test_a_due_hold_is_never_settleable_however_many_others_are_due(hub, store):
+    """More due holds than the sweeper releases per call: the one a call names is released first,
+    and every money call releases all that are due, so it agrees with GET card and the lists."""
+    card = hub.funded_card(Decimal("300"), currencyCode="BRL")
+    txs = [hub.debit(card["id"], Decimal("1")) for _ in range(150)]
+    age_holds(store, card["id"], txs)
+    last = txs[-1]  # the latest deadline of all, and already past
+    assert [r["value"] for r in cancellations(hub, card["id"], last)] == [1]  # the list shows it released
+    assert hub.balance(card["id"]) == 300
+    refused = hub.settle(card["id"], last, Decimal("1"))  # releasing due holds is a change in its own right
+    assert (refused.status_code, body(refused)["code"]) == (422, "exceeds_settleable")
+    assert store.redis.zcard(store.keys.holds(card["id"])) == 0  # the refusal above released them all
+    assert hub.balance(card["id"]) == 300
+
+
+def test_a_debit_sees_every_due_hold_as_available(hub, store):
+    card = hub.funded_card(Decimal("150"), currencyCode="BRL")
+    txs = [hub.debit(card["id"], Decimal("1")) for _ in range(150)]
+    age_holds(store, card["id"], txs)
+    assert hub.balance(card["id"]) == 150  # what GET card says, the next Debit may spend
+    hub.debit(card["id"], Decimal("150"))
+    assert hub.balance(card["id"]) == 0
+
+
+def test_the_sweeper_releases_a_backlog_in_batches(short):
+    hub, store = short
+    card = hub.funded_card(Decimal("10"), currencyCode="BRL")
+    for _ in range(5):
+        hub.debit(card["id"], Decimal("1"))
+    past_deadline()
+    assert [store.expire_holds(card["id"], batch=2) for _ in range(4)] == [2, 2, 1, 0]
+    assert hub.balance(card["id"]) == 10

@@ -33,7 +33,7 @@ SEARCH = (
     b'"cart":{"redemptionCode":null,"relationName":null,"grandTotal":%s}}'
 )
 CREATE = b'{"relationName":"gift","caption":"Gift card","profileId":"shopper@example.com","note":%s}'
-DEBIT = b'{"operation":"Debit","value":%s,"requestId":"hostile-debit","redemptionToken":null,"orderInfo":null}'
+DEBIT = b'{"operation":"Debit","value":%s,"requestId":"hostile-debit","redemptionToken":"TOKEN","orderInfo":null}'
 SETTLE = b'{"value":%s,"requestId":"hostile-settlement"}'
 CANCEL = b'{"value":%s,"requestId":"hostile-cancellation"}'
 
@@ -47,13 +47,13 @@ def ledger(hub):
 
 
 @pytest.fixture
-def endpoints(ledger) -> dict[str, tuple[str, bytes]]:
+def endpoints(hub, ledger) -> dict[str, tuple[str, bytes]]:
     """Every endpoint that reads a body: (path, body template with %s where a number goes)."""
     card, tx = ledger
     return {
         "search": ("/giftcards/_search", SEARCH),
         "create": ("/giftcards", CREATE),
-        "transactions": (f"/giftcards/{card}/transactions", DEBIT),
+        "transactions": (f"/giftcards/{card}/transactions", DEBIT.replace(b"TOKEN", hub.token(card).encode())),
         "settlements": (f"/giftcards/{card}/transactions/{tx}/settlements", SETTLE),
         "cancellations": (f"/giftcards/{card}/transactions/{tx}/cancellations", CANCEL),
     }
@@ -178,13 +178,17 @@ def test_bad_amount(hub, store, endpoints, raw):
         assert_rejected(store.redis, lambda path=path, template=template: post(hub, path, template % raw), 400)
 
 
-@pytest.mark.parametrize(
-    "text", ["1e-999999999", "1e999999999", "10.0000000000000000000000000001", "1E+30", "sNaN", "-0", "0E-7"]
-)
+@pytest.mark.parametrize("text", ["1e-999999999", "1e999999999", "1E+30", "sNaN", "-0", "0E-7", "1e-101"])
 def test_amounts_are_parsed_exactly_or_refused(text):
     """Below the JSON parser's own bounds: no decimal context may round, underflow to 0 or overflow."""
     with pytest.raises(ValueError):
         Amount.from_decimal(Decimal(text))
+
+
+def test_fine_amounts_are_kept_exact_for_the_ledger_to_refuse():
+    """Finer than any currency, but kept exact: the ledger refuses it naming the card's currency."""
+    assert Amount.from_decimal(Decimal("10.0000000000000000000000000001")) == Amount(10**29 + 1, 28)
+    assert Amount.from_decimal(Decimal("0.30000000000000004")) == Amount(30000000000000004, 17)
 
 
 def test_amounts_keep_every_digit():

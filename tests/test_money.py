@@ -134,6 +134,29 @@ def test_precision_follows_the_currency(hub, store):
         assert hub.balance(card["id"]) == sum(accepted), currency
 
 
+@pytest.mark.parametrize(
+    ("currency", "literal", "message"),
+    [
+        ("USD", "0.30000000000000004", "USD amounts have at most 2 decimals"),  # a binary float's leftovers
+        ("USD", "1.005", "USD amounts have at most 2 decimals"),
+        ("KWD", "1.2345", "KWD amounts have at most 3 decimals"),
+        ("JPY", "1.5", "JPY amounts have no decimals"),
+    ],
+)
+def test_over_precision_names_the_currency_and_its_decimals(hub, store, currency, literal, message):
+    card = hub.funded_card(100, currencyCode=currency)
+    tx = hub.debit(card["id"], 10)
+    paths = [
+        (f"/giftcards/{card['id']}/transactions", '{"operation": "Debit", "value": %s, "requestId": "p-1"}'),
+        (f"/giftcards/{card['id']}/transactions/{tx}/settlements", '{"value": %s, "requestId": "p-2"}'),
+        (f"/giftcards/{card['id']}/transactions/{tx}/cancellations", '{"value": %s, "requestId": "p-3"}'),
+    ]
+    for path, template in paths:
+        error = assert_rejected(store.redis, lambda p=path, t=template: raw_post(hub, p, t % literal), 400)
+        assert (error["code"], error["message"]) == ("invalid_amount", message)
+        assert error["errors"] == {"json": {"value": [message + "."]}}
+
+
 def test_precision_of_debits_settlements_and_cancellations(hub, store):
     card = hub.funded_card(100, currencyCode="JPY")
     error = assert_rejected(store.redis, lambda: hub.transaction(card["id"], "Debit", Decimal("0.5")), 400)

@@ -66,7 +66,7 @@ def test_one_json_line_per_request_with_route_ids_and_vtex_headers(hub, capsys):
     trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     response = hub.post(
         f"/giftcards/{card['id']}/transactions",
-        {"operation": "Debit", "value": 3, "requestId": "log-1"},
+        {"operation": "Debit", "value": 3, "requestId": "log-1", "redemptionToken": card["redemptionToken"]},
         headers={"x-vtex-operation-id": "op-123", "traceparent": trace},
     )
     assert response.status_code == 200

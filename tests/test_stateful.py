@@ -193,7 +193,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 payload["requestId"],
                 new_id=new_id,
                 token=payload.get("redemptionToken"),
-                client=profile.get("email"),
+                identities=[profile.get("email"), profile.get("document")],
             ),
         )
         self.sent_transactions.append({"card": card_id, "payload": payload})
@@ -273,7 +273,8 @@ class LedgerMachine(RuleBasedStateMachine):
         target = card.available if operation == "Debit" else None
         clients = [None, None, None, card.owner, card.owner.upper(), STRANGER]
         client = data.draw(st.sampled_from(clients), label="client")
-        token = data.draw(st.sampled_from([None, None, None, None, "", card.token, "wrong-token"]), label="token")
+        # The Hub sends the token it read with GET card; now and then none, or a wrong one.
+        token = data.draw(st.sampled_from([card.token] * 4 + [None, "", "wrong-token"]), label="token")
         payload = {
             "operation": operation,
             "value": data.draw(values(card.exponent, target), label="value"),
@@ -305,7 +306,12 @@ class LedgerMachine(RuleBasedStateMachine):
         """The Hub's whole flow on one Debit: hold, settle part of it, then cancel part (release, then refund)."""
         funded = [c.id for c in self.model.cards.values() if c.available > 0]
         card = self.model.cards[data.draw(st.sampled_from(funded), label="funded card")]
-        payload = {"operation": "Debit", "value": data.draw(values(card.exponent, card.available), label="value")}
+        payload = {
+            "operation": "Debit",
+            "value": data.draw(values(card.exponent, card.available), label="value"),
+            "redemptionToken": card.token,
+            "orderInfo": {"orderId": "o-1", "clientProfile": {"email": card.owner}},
+        }
         answer = self.transact(card.id, {**payload, "requestId": self.request_id(data)})
         if not answer.ok:
             return

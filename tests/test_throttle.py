@@ -120,10 +120,11 @@ def test_counters_live_in_redis_and_are_shared_by_every_worker(backend, hub, set
     keys = sorted(backend.scan_iter(match=f"{settings.key_prefix}:limits:*"))
     counters = [k for k in keys if ":limits:throttled/" not in k]
     flags = {k: backend.get(k) for k in keys if ":limits:throttled/" in k}
-    # One moving window per limit: 2 identities x 2 client limits + 1 address limit; no identity in clear.
-    assert len(counters) == 5
+    # One moving window per limit: 3 identities (id, e-mail, document) x 2 client limits + 1 address limit;
+    # no identity in clear.
+    assert len(counters) == 7
     # The spent per-minute limit raised a flag for each identity, expiring with its window.
-    assert sorted(flags.values()) == ["3 per 1 minute"] * 2
+    assert sorted(flags.values()) == ["3 per 1 minute"] * 3
     assert all(0 < backend.ttl(k) <= 60 for k in flags)
     assert not any("shopper" in key or "192.0.2.1" in key for key in keys)
     other_worker = Hub(create_app(settings, redis_client=backend).test_client(), hub.headers)

@@ -302,8 +302,6 @@ def test_wrong_redemption_token(hub, store):
         "token_mismatch",
     )
     ok(hub.transaction(card["id"], "Debit", 1, rid, redemptionToken=card["redemptionToken"]))
-    ok(hub.transaction(card["id"], "Debit", 1, redemptionToken=None))
-    ok(hub.transaction(card["id"], "Debit", 1, redemptionToken=""))
     other = hub.create_card()
     assert_rejected(
         store.redis,
@@ -311,11 +309,26 @@ def test_wrong_redemption_token(hub, store):
         422,
         "token_mismatch",
     )
-    assert hub.balance(card["id"]) == 7
+    assert hub.balance(card["id"]) == 9
 
 
-def order(email):
-    return {"orderId": "o-1", "clientProfile": {"email": email}}
+def test_a_debit_must_carry_the_cards_redemption_token(hub, store):
+    """The decision (README): spending needs the token the Hub reads with GET card; a load does not."""
+    card = hub.funded_card(Decimal("10"))
+    for missing in (None, ""):
+        assert_rejected(
+            store.redis,
+            lambda missing=missing: hub.transaction(card["id"], "Debit", 1, redemptionToken=missing),
+            422,
+            "token_required",
+        )
+    ok(hub.transaction(card["id"], "Credit", 1, redemptionToken=None))  # a load: the token is checked if given
+    ok(hub.transaction(card["id"], "Debit", 1, redemptionToken=card["redemptionToken"]))
+    assert hub.balance(card["id"]) == 10
+
+
+def order(email=None, document=None):
+    return {"orderId": "o-1", "clientProfile": {"email": email, "document": document}}
 
 
 def test_restricted_card_refuses_another_clients_order(hub, store):
@@ -329,15 +342,45 @@ def test_restricted_card_refuses_another_clients_order(hub, store):
         )
     ok(hub.transaction(card["id"], "Debit", 1, orderInfo=order("OWNER@example.com")))
     ok(hub.transaction(card["id"], "Debit", 1, orderInfo=order(" owner@example.com ")))
-    ok(hub.transaction(card["id"], "Debit", 1, orderInfo=None))  # no profile given: nothing to compare
-    ok(hub.transaction(card["id"], "Debit", 1, orderInfo={"orderId": "o-2", "clientProfile": None}))
-    assert hub.balance(card["id"]) == 6
+    assert hub.balance(card["id"]) == 8
 
 
-def test_restricted_card_owned_by_a_client_id_cannot_be_compared_with_an_email(hub):
-    # The order carries only an e-mail: a profileId that is not one is not checked at transaction time.
+def test_a_debit_on_a_restricted_card_that_names_no_identity_is_refused(hub, store):
+    """A rule that needs data refuses when the data is missing: no order, no profile, no e-mail."""
+    card = hub.funded_card(Decimal("10"), profileId="owner@example.com", restrictedToOwner=True)
+    for info in (None, {"orderId": "o-2", "clientProfile": None}, order(email=None), order(email="")):
+        assert_rejected(
+            store.redis,
+            lambda info=info: hub.transaction(card["id"], "Debit", 1, orderInfo=info),
+            422,
+            "owner_mismatch",
+        )
+    ok(hub.transaction(card["id"], "Credit", 1, orderInfo=None))  # loading someone's card spends nothing of theirs
+    assert hub.balance(card["id"]) == 11
+
+
+def test_restricted_card_owned_by_a_client_id_cannot_be_spent_by_an_email(hub, store):
+    # The order names the shopper only by e-mail and document: an owner stored as a VTEX client id can
+    # never be matched, so the Debit is refused (issue such cards to an e-mail or a document).
     card = hub.funded_card(Decimal("10"), profileId="client-42", restrictedToOwner=True)
-    ok(hub.transaction(card["id"], "Debit", 1, orderInfo=order("anyone@example.com")))
+    assert_rejected(
+        store.redis,
+        lambda: hub.transaction(card["id"], "Debit", 1, orderInfo=order("anyone@example.com", "client-42x")),
+        422,
+        "owner_mismatch",
+    )
+    assert hub.balance(card["id"]) == 10
+
+
+def test_restricted_card_tied_to_a_b2b_document(hub, store):
+    card = hub.funded_card(Decimal("10"), profileId="12345678000190", restrictedToOwner=True)
+    assert_rejected(
+        store.redis,
+        lambda: hub.transaction(card["id"], "Debit", 1, orderInfo=order("buyer@corp.example", "99999999000199")),
+        422,
+        "owner_mismatch",
+    )
+    ok(hub.transaction(card["id"], "Debit", 1, orderInfo=order("buyer@corp.example", " 12345678000190 ")))
     assert hub.balance(card["id"]) == 9
 
 
@@ -427,7 +470,8 @@ def test_refused_requests_leave_no_transaction(hub, store):
 def test_get_transaction_shows_the_full_record(hub):
     card = hub.funded_card(Decimal("10"), currencyCode="BRL")
     rid = request_id()
-    tx = ok(hub.transaction(card["id"], "Debit", Decimal("2.5"), rid, orderInfo={"orderId": "v1-01"}))["id"]
+    debit = hub.transaction(card["id"], "Debit", Decimal("2.5"), rid, orderInfo={"orderId": "v1-01"}, description="Hub")
+    tx = ok(debit)["id"]
     record = ok(hub.get(f"/giftcards/{card['id']}/transactions/{tx}"))
     base = f"/giftcards/{card['id']}/transactions/{tx}"
     assert ISO_MS.fullmatch(record.pop("date"))
@@ -438,6 +482,7 @@ def test_get_transaction_shows_the_full_record(hub):
         "value": Decimal("2.5"),
         "requestId": rid,
         "orderId": "v1-01",
+        "description": "Hub",
         "settlement": {"href": f"{base}/settlements"},
         "cancellation": {"href": f"{base}/cancellations"},
         "authorization": {"href": f"{base}/authorization"},
@@ -450,6 +495,7 @@ def test_get_credit_transaction(hub):
     tx = hub.credit(card["id"], 1500)
     record = ok(hub.get(f"/giftcards/{card['id']}/transactions/{tx}"))
     assert (record["operation"], record["value"], record["orderId"]) == ("Credit", 1500, "")
+    assert record["description"] == "test"  # what the Hub sent (tests/hub.py), stored and returned
 
 
 def test_get_authorization(hub):
@@ -502,3 +548,31 @@ def test_list_of_a_card_without_transactions_is_empty(hub):
 def test_list_of_unknown_card_is_404(hub, store):
     hub.funded_card(1)
     assert_rejected(store.redis, lambda: hub.get(f"/giftcards/{'e' * 32}/transactions"), 404, "not_found")
+
+
+def test_the_ledger_refuses_an_unknown_operation_itself(hub, store):
+    """The schema refuses anything but Debit and Credit; the ledger must not rely on it."""
+    from giftcard_provider.errors import InvalidRequest
+    from giftcard_provider.money import Amount
+
+    card = hub.funded_card(Decimal("10"))
+    for operation in ("Refund", "debit", "", "Credit "):
+        with unchanged(store.redis):
+            try:
+                store.authorize(card["id"], operation=operation, amount=Amount(5, 0), request_id="r-op", token="")
+            except InvalidRequest as exc:
+                assert exc.body()["errors"] == {"json": {"operation": ["Must be one of: Debit, Credit."]}}
+            else:
+                raise AssertionError(f"operation {operation!r} was accepted")
+    assert hub.balance(card["id"]) == 10
+
+
+def test_settling_or_cancelling_a_transaction_of_unknown_operation_changes_nothing(hub, store):
+    card = hub.funded_card(Decimal("10"))
+    tx = hub.debit(card["id"], Decimal("4"))
+    store.redis.hset(store.keys.transaction(card["id"], tx), "operation", "Refund")  # a damaged record
+    for kind in ("settlements", "cancellations"):
+        path = f"/giftcards/{card['id']}/transactions/{tx}/{kind}"
+        refused = assert_rejected(store.redis, lambda p=path: hub.post(p, {"value": 1, "requestId": "r-x"}), 400)
+        assert refused["code"] == "invalid_request"
+    store.redis.hset(store.keys.transaction(card["id"], tx), "operation", "Debit")  # repaired for verify

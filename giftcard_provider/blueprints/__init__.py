@@ -53,9 +53,3 @@ def content_range(start: int, shown: int, total: int) -> dict[str, str]:
     """VTEX's REST-Content-Range: "resources FROM-TO/TOTAL"."""
     last = start + shown - 1 if shown else start
     return {"REST-Content-Range": f"resources {start}-{last}/{total}"}
-
-
-def email_or_id(value: str | None) -> str:
-    """Identities are compared case-insensitively when they are e-mail addresses."""
-    value = (value or "").strip()
-    return value.lower() if "@" in value else value

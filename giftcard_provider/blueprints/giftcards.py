@@ -10,10 +10,12 @@ from schemas.giftcards import CardSchema, CreateCardRequestSchema, SearchRequest
 from ..api import Blueprint
 from ..codes import mask
 from ..errors import NotFound
+from ..identity import identities as identities_of
+from ..identity import normalise as normalise_identity
 from ..money import to_major
 from ..store import Card
 from ..throttle import code_lookups
-from . import content_range, email_or_id, ledger, links, requested_range, settings
+from . import content_range, ledger, links, requested_range, settings
 
 blp = Blueprint("giftcards", __name__, url_prefix="/giftcards", description="Search, read and create gift cards.")
 
@@ -64,7 +66,7 @@ class Search(MethodView):
         positive balance); a code that names no usable card gives [] and no hint.
         """
         client, cart = body["client"], body["cart"]
-        identities = {i for i in (email_or_id(client.get("id")), email_or_id(client.get("email"))) if i}
+        identities = identities_of(client.get("id"), client.get("email"), client.get("document"))
         code = cart.get("redemptionCode")
         if code and code.strip():
             # Failed look-ups are limited per client and address; a throttled one finds nothing (throttle.py).
@@ -97,7 +99,7 @@ class GiftCards(MethodView):
         card, code = ledger().create_card(
             relation_name=body["relationName"],
             caption=body["caption"],
-            profile_id=email_or_id(body["profileId"]),
+            profile_id=normalise_identity(body["profileId"]),
             currency=body["currencyCode"] or settings().default_currency,
             restricted_to_owner=body["restrictedToOwner"],
             multiple_redemptions=body["multipleRedemptions"],

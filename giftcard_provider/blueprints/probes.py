@@ -23,6 +23,6 @@ def ready():
         current = ledger().ping()
     except StoreUnavailable as exc:
         return jsonify(status="unavailable", reason=exc.message), 503
-    if not current:
-        return jsonify(status="unavailable", reason="Redis runs another release's ledger library"), 503
+    if not current:  # a primary answered another digest under this release's function name
+        return jsonify(status="unavailable", reason="Redis does not run this release's ledger library"), 503
     return jsonify(status="ready")

@@ -7,8 +7,9 @@ from flask.views import MethodView
 from schemas.transactions import OperationSchema, TransactionRefSchema, TransactionRequestSchema, TransactionSchema
 
 from ..api import Blueprint
+from ..identity import identities
 from ..money import to_major
-from . import content_range, email_or_id, ledger, links, requested_range, within_limit
+from . import content_range, ledger, links, requested_range, within_limit
 
 blp = Blueprint(
     "transactions",
@@ -39,9 +40,10 @@ class Transactions(MethodView):
             operation=body["operation"],
             amount=within_limit(body["value"]),
             request_id=body["requestId"],
-            client=email_or_id(profile.get("email")),
             token=body.get("redemptionToken") or "",
+            identities=identities(profile.get("email"), profile.get("document")),
             order_id=order.get("orderId") or "",
+            description=body.get("description") or "",
         )
         return transaction_ref(giftCardId, tx_id)
 
@@ -67,6 +69,7 @@ class Transaction(MethodView):
             "date": fields["dateMs"],
             "requestId": fields["requestId"],
             "orderId": fields.get("orderId", ""),
+            "description": fields.get("description", ""),
             "settlement": {"href": links().settlements(giftCardId, transactionId)},
             "cancellation": {"href": links().cancellations(giftCardId, transactionId)},
             "authorization": {"href": links().authorization(giftCardId, transactionId)},

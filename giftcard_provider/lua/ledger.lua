@@ -1,4 +1,4 @@
-#!lua name=giftcard_ledger_v1
+#!lua name=giftcard_ledger___LIBRARY_DIGEST__
 --[[
 The gift card ledger, as one Redis Functions library.
 
@@ -7,6 +7,11 @@ release the holds whose deadline has passed, and must append to the journal in
 exactly the same way. A library lets those rules live once (the helpers
 below), and Redis keeps it across restarts with the data (RDB/AOF) while the
 store reloads it on "Function not found".
+
+Each release runs its own library: the library's name and every function name
+end in the digest of this text (giftcard_ledger_<digest>, gc_authorize_<digest>;
+ledger_library.py writes it over the placeholder), so during a rolling deploy
+the processes of two releases share one Redis and each calls its own code.
 
 Conventions
   * Amounts are integer minor units of the card's currency ("12.50 BRL" is
@@ -21,6 +26,9 @@ Conventions
     last check: Redis does not roll back a function that stops halfway.
     The one exception is intended: releasing expired holds happens before the
     checks, because it is a change in its own right and makes money available.
+  * Every rule a function relies on is checked here, even where Python
+    checked it already (operation, amount, owner, token, deadlines); a rule
+    that needs data the call does not carry refuses instead of skipping.
   * Replies are flat arrays of strings and integers. The first element is a
     status: "ok", "replay" (an idempotent repeat: the original result follows),
     or a refusal code that giftcard_provider/errors.py maps to an error.
@@ -32,7 +40,6 @@ when an expired hold of a transaction the caller could not know about is
 released. Layout: giftcard_provider/keys.py.
 --]]
 
-local HOLD_SCAN_LIMIT = 100  -- expired holds released per call; the sweeper catches up
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -44,10 +51,26 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- The amount in minor units, or nil and the refusal: "invalid_amount" (not a
+-- positive amount) or "invalid_amount_precision" (finer than the currency).
+-- The coefficient is converted only when the scale fits the currency (at most
+-- 4), where the Python side has capped it far below 2^53.
 local function to_minor(coefficient, scale, exponent)
   local c, s, e = tonumber(coefficient), tonumber(scale), tonumber(exponent)
-  if s > e then return nil end
-  return c * (10 ^ (e - s))
+  if not c or not s or c <= 0 or s < 0 or s ~= math.floor(s) then return nil, 'invalid_amount' end
+  if s > e then return nil, 'invalid_amount_precision' end
+  local minor = c * (10 ^ (e - s))
+  if minor ~= math.floor(minor) then return nil, 'invalid_amount' end
+  return minor
+end
+
+-- A refusal of an amount, with what the caller needs to say why: the card's
+-- currency and exponent for an over-precise one ("USD amounts have at most 2 decimals").
+local function amount_refusal(card_key, refusal)
+  if refusal == 'invalid_amount_precision' then
+    return {refusal, unpack(redis.call('HMGET', card_key, 'currency', 'exponent'))}
+  end
+  return {refusal}
 end
 
 local function hnum(key, field)
@@ -79,30 +102,59 @@ local function close_debit_if_void(card_key, tx_key)
   end
 end
 
--- Release holds past their deadline: each release is recorded as a
+-- Release what a Debit still holds once its deadline has passed: recorded as a
 -- cancellation with reason "expired", so the Hub's GET sums still add up. A hold
 -- expires once at most, so the record is deterministic (oid "<txId>-expired",
 -- dated at the deadline): a read can show it before it is written (store.py).
-local function release_expired(card_key, holds_key, journal_key, at)
-  local due = redis.call('ZRANGEBYSCORE', holds_key, '-inf', at, 'LIMIT', 0, HOLD_SCAN_LIMIT)
+-- Returns true if the transaction's deadline had passed (the hold is now gone).
+local function release_if_due(card_key, holds_key, journal_key, tx_id, at)
+  local tx_key = card_prefix(card_key) .. ':tx:' .. tx_id
+  local deadline = tonumber(redis.call('HGET', tx_key, 'holdDeadlineMs'))
+  if not deadline or deadline > at then return false end
+  local held = hnum(tx_key, 'held')
+  if held > 0 then
+    local oid = tx_id .. '-expired'
+    redis.call('HINCRBY', tx_key, 'held', int(-held))
+    redis.call('HINCRBY', tx_key, 'released', int(held))
+    redis.call('HINCRBY', card_key, 'held', int(-held))
+    redis.call('HINCRBY', card_key, 'available', int(held))
+    redis.call('RPUSH', tx_key .. ':cancellations', table.concat({oid, int(held), int(deadline), '', 'expired'}, '|'))
+    close_debit_if_void(card_key, tx_key)
+    journal(journal_key, card_key, 'expire', tx_id, oid, held, at)
+  end
+  redis.call('ZREM', holds_key, tx_id)
+  return true
+end
+
+-- Release the card's holds past their deadline, earliest first: all of them
+-- (limit nil), as every money call does, so that what a call sees as available
+-- is what GET card reports; or at most `limit`, as the sweeper does to keep
+-- each of its calls short. Returns how many were released.
+local function release_expired(card_key, holds_key, journal_key, at, limit)
+  local due
+  if limit then
+    due = redis.call('ZRANGEBYSCORE', holds_key, '-inf', at, 'LIMIT', 0, limit)
+  else
+    due = redis.call('ZRANGEBYSCORE', holds_key, '-inf', at)
+  end
   local prefix = card_prefix(card_key)
   for _, tx_id in ipairs(due) do
-    local tx_key = prefix .. ':tx:' .. tx_id
-    local held = hnum(tx_key, 'held')
-    if held > 0 then
-      local oid = tx_id .. '-expired'
-      redis.call('HINCRBY', tx_key, 'held', int(-held))
-      redis.call('HINCRBY', tx_key, 'released', int(held))
-      redis.call('HINCRBY', card_key, 'held', int(-held))
-      redis.call('HINCRBY', card_key, 'available', int(held))
-      redis.call('RPUSH', tx_key .. ':cancellations',
-        table.concat({oid, int(held), redis.call('HGET', tx_key, 'holdDeadlineMs'), '', 'expired'}, '|'))
-      close_debit_if_void(card_key, tx_key)
-      journal(journal_key, card_key, 'expire', tx_id, oid, held, at)
+    if not release_if_due(card_key, holds_key, journal_key, tx_id, at)
+        and not redis.call('HGET', prefix .. ':tx:' .. tx_id, 'holdDeadlineMs') then
+      redis.call('ZREM', holds_key, tx_id)  -- names no Debit (removed by hand?): nothing to release
     end
-    redis.call('ZREM', holds_key, tx_id)
   end
   return #due
+end
+
+-- True if `owner` is one of the identities the call names (ARGV from `first` on,
+-- normalised by giftcard_provider/identity.py as the owner was when the card was made).
+local function names_owner(owner, args, first)
+  if not owner or owner == '' then return false end
+  for i = first, #args do
+    if args[i] == owner then return true end
+  end
+  return false
 end
 
 local function card_usable(card_key, at)
@@ -126,9 +178,6 @@ card's slot, so store.py writes them after this call (never before: an index
 must not name a card that does not exist).
 --]]
 local function create_card(keys, args)
-  -- A caller of an older release still passes the two index keys and expects them written here:
-  -- refuse it rather than create a card no code can find.
-  if #keys ~= 1 then return {'wrong_keys'} end
   if redis.call('EXISTS', keys[1]) == 1 then return {'card_exists'} end
   local at = now_ms()
   local from = tonumber(args[2]) or at
@@ -164,24 +213,28 @@ KEYS[4] journal              gc:{C}:journal      (stream)
 KEYS[5] hold deadlines       gc:{C}:holds        (zset txId -> deadline ms)
 KEYS[6] new transaction      gc:{C}:tx:<ARGV[1]> (hash)
 ARGV[1] new transaction id (used only if this is not a replay)
-ARGV[2] operation "Debit" | "Credit"
+ARGV[2] operation "Debit" | "Credit" (anything else is refused)
 ARGV[3] amount coefficient, ARGV[4] amount scale (see Conventions)
 ARGV[5] requestId
-ARGV[6] client e-mail ("" = not given), checked against a restricted card's owner when that is an e-mail
-ARGV[7] redemption token ("" = not given)
-ARGV[8] hold lifetime ms
-ARGV[9] order id ("" = not given)
+ARGV[6] redemption token ("" = not given): a Debit must carry the card's
+ARGV[7] hold lifetime ms
+ARGV[8] order id ("" = not given)
+ARGV[9] description ("" = not given), stored with the transaction
+ARGV[10..] the identities the order names (e-mail, document), normalised: a
+        Debit on a card restricted to its owner must name the owner
 Returns {"ok"|"replay", txId, dateMs}
-      | {"conflict", field} | {"not_found"} | {"invalid_amount_precision"}
+      | {"conflict", field} | {"not_found"} | {"invalid_operation"} | {"invalid_amount"}
+      | {"invalid_amount_precision", currency, exponent}
       | {"card_blocked"|"card_inactive"|"card_expired"|"card_not_yet_valid"}
-      | {"owner_mismatch"} | {"token_mismatch"} | {"redemption_used"}
+      | {"token_required"} | {"token_mismatch"} | {"owner_mismatch"} | {"redemption_used"}
       | {"credit_used"} | {"insufficient_balance"} | {"balance_limit"}
 --]]
 local function authorize(keys, args)
   local card, txs, requests, journal_key, holds, tx = unpack(keys)
-  local tx_id, op, request_id = args[1], args[2], args[5]
+  local tx_id, op, request_id, token, description = args[1], args[2], args[5], args[6], args[9]
+  if op ~= 'Debit' and op ~= 'Credit' then return {'invalid_operation'} end
   if redis.call('EXISTS', card) == 0 then return {'not_found'} end
-  local minor = to_minor(args[3], args[4], redis.call('HGET', card, 'exponent'))
+  local minor, refusal = to_minor(args[3], args[4], redis.call('HGET', card, 'exponent'))
   local seen = redis.call('HGET', requests, request_id)
   if seen then
     local old_id, old_op, old_minor = string.match(seen, '^([^|]*)|([^|]*)|([^|]*)$')
@@ -189,29 +242,36 @@ local function authorize(keys, args)
     if minor == nil or tonumber(old_minor) ~= minor then return {'conflict', 'value'} end
     return {'replay', old_id, redis.call('HGET', card_prefix(card) .. ':tx:' .. old_id, 'dateMs')}
   end
-  if minor == nil then return {'invalid_amount_precision'} end
+  if minor == nil then return amount_refusal(card, refusal) end
 
   local at = now_ms()
   release_expired(card, holds, journal_key, at)
-  local refusal = card_usable(card, at)
-  if refusal then return {refusal} end
-  local owner, restricted, token = unpack(redis.call('HMGET', card, 'profileId', 'restrictedToOwner', 'token'))
-  -- An owner that is not an e-mail address cannot be compared with the order's e-mail.
-  if restricted == '1' and args[6] ~= '' and string.find(owner, '@', 1, true) and args[6] ~= owner then
-    return {'owner_mismatch'}
+  local unusable = card_usable(card, at)
+  if unusable then return {unusable} end
+  local owner, restricted, card_token = unpack(redis.call('HMGET', card, 'profileId', 'restrictedToOwner', 'token'))
+  if token ~= '' and token ~= card_token then return {'token_mismatch'} end
+  if op == 'Debit' then
+    -- Spending needs the card's token (the Hub reads it from GET card) and, on a
+    -- restricted card, the owner's identity: a call without them is refused, not waved through.
+    if token == '' then return {'token_required'} end
+    if restricted == '1' and not names_owner(owner, args, 10) then return {'owner_mismatch'} end
   end
-  if args[7] ~= '' and args[7] ~= token then return {'token_mismatch'} end
 
   local available, held = hnum(card, 'available'), hnum(card, 'held')
+  local fields = {'id', tx_id, 'operation', op, 'value', int(minor), 'requestId', request_id,
+    'dateMs', int(at), 'orderId', args[8]}
+  if description ~= '' then
+    fields[#fields + 1] = 'description'
+    fields[#fields + 1] = description
+  end
   if op == 'Debit' then
     if redis.call('HGET', card, 'multipleRedemptions') == '0' and hnum(card, 'openDebits') > 0 then
       return {'redemption_used'}
     end
     if minor > available then return {'insufficient_balance'} end
-    local deadline = at + tonumber(args[8])
-    redis.call('HSET', tx, 'id', tx_id, 'operation', op, 'value', int(minor), 'requestId', request_id,
-      'dateMs', int(at), 'orderId', args[9], 'held', int(minor), 'settled', 0, 'released', 0,
-      'refunded', 0, 'holdDeadlineMs', int(deadline))
+    local deadline = at + tonumber(args[7])
+    redis.call('HSET', tx, 'held', int(minor), 'settled', 0, 'released', 0, 'refunded', 0,
+      'holdDeadlineMs', int(deadline), unpack(fields))
     redis.call('HINCRBY', card, 'available', int(-minor))
     redis.call('HINCRBY', card, 'held', int(minor))
     redis.call('HINCRBY', card, 'openDebits', 1)
@@ -222,8 +282,7 @@ local function authorize(keys, args)
       return {'credit_used'}
     end
     if available + held + minor > hnum(card, 'balanceLimit') then return {'balance_limit'} end
-    redis.call('HSET', tx, 'id', tx_id, 'operation', op, 'value', int(minor), 'requestId', request_id,
-      'dateMs', int(at), 'orderId', args[9], 'settled', 0, 'cancelled', 0)
+    redis.call('HSET', tx, 'settled', 0, 'cancelled', 0, unpack(fields))
     redis.call('HINCRBY', card, 'available', int(minor))
     redis.call('HINCRBY', card, 'credits', 1)
     journal(journal_key, card, 'credit', tx_id, tx_id, minor, at)
@@ -234,22 +293,27 @@ local function authorize(keys, args)
 end
 
 -- The opening shared by settle and cancel (ARGV: oid, coefficient, scale, requestId):
--- the transaction must exist; a repeat of the requestId answers at once with the
--- original; then expired holds are released. Returns a reply to send back, or
--- nil with the amount in minor units and the time.
+-- the transaction must exist and be a Debit or a Credit; a repeat of the
+-- requestId answers at once with the original; then the transaction's own hold
+-- is released if its deadline has passed (whatever else is due), and the card's
+-- other expired holds after it. Returns a reply to send back, or nil with the
+-- transaction's id and operation, the amount in minor units and the time.
 local function open_operation(kind, card, tx, tx_requests, journal_key, holds, args)
-  if redis.call('EXISTS', tx) == 0 then return {'not_found'} end
-  local minor = to_minor(args[2], args[3], redis.call('HGET', card, 'exponent'))
+  local tx_id, op = unpack(redis.call('HMGET', tx, 'id', 'operation'))
+  if not tx_id then return {'not_found'} end
+  if op ~= 'Debit' and op ~= 'Credit' then return {'invalid_operation'} end
+  local minor, refusal = to_minor(args[2], args[3], redis.call('HGET', card, 'exponent'))
   local seen = redis.call('HGET', tx_requests, kind .. ':' .. args[4])
   if seen then
     local oid, old_minor, at = string.match(seen, '^([^|]*)|([^|]*)|([^|]*)$')
     if minor == nil or tonumber(old_minor) ~= minor then return {'conflict', 'value'} end
     return {'replay', oid, old_minor, at, redis.call('HGET', card, 'exponent')}
   end
-  if minor == nil then return {'invalid_amount_precision'} end
+  if minor == nil then return amount_refusal(card, refusal) end
   local at = now_ms()
+  if op == 'Debit' then release_if_due(card, holds, journal_key, tx_id, at) end
   release_expired(card, holds, journal_key, at)
-  return nil, minor, at
+  return nil, tx_id, op, minor, at
 end
 
 -- The closing shared by settle and cancel: the record, its idempotency entry, the reply.
@@ -269,14 +333,14 @@ KEYS[5] journal              gc:{C}:journal
 KEYS[6] hold deadlines       gc:{C}:holds
 ARGV[1] new settlement id; ARGV[2] coefficient; ARGV[3] scale; ARGV[4] requestId
 Returns {"ok"|"replay", oid, minor, dateMs, exponent} | {"not_found"} | {"conflict", "value"}
-      | {"invalid_amount_precision"} | {"exceeds_settleable"}
+      | {"invalid_operation"} | {"invalid_amount"} | {"invalid_amount_precision", currency, exponent}
+      | {"exceeds_settleable"}
 --]]
 local function settle(keys, args)
   local card, tx, tx_requests, settlements, journal_key, holds = unpack(keys)
-  local reply, minor, at = open_operation('settlement', card, tx, tx_requests, journal_key, holds, args)
+  local reply, tx_id, op, minor, at = open_operation('settlement', card, tx, tx_requests, journal_key, holds, args)
   if reply then return reply end
-  local oid = args[1]
-  local tx_id, op, value = unpack(redis.call('HMGET', tx, 'id', 'operation', 'value'))
+  local oid, value = args[1], redis.call('HGET', tx, 'value')
   if op == 'Debit' then
     if minor > hnum(tx, 'held') then return {'exceeds_settleable'} end
     redis.call('HINCRBY', tx, 'held', int(-minor))
@@ -304,15 +368,14 @@ KEYS[5] journal              gc:{C}:journal
 KEYS[6] hold deadlines       gc:{C}:holds
 ARGV[1] new cancellation id; ARGV[2] coefficient; ARGV[3] scale; ARGV[4] requestId
 Returns {"ok"|"replay", oid, minor, dateMs, exponent} | {"not_found"} | {"conflict", "value"}
-      | {"invalid_amount_precision"} | {"exceeds_cancellable"} | {"insufficient_balance"}
+      | {"invalid_operation"} | {"invalid_amount"} | {"invalid_amount_precision", currency, exponent}
+      | {"exceeds_cancellable"} | {"insufficient_balance"}
 --]]
 local function cancel(keys, args)
   local card, tx, tx_requests, cancellations, journal_key, holds = unpack(keys)
-  local reply, minor, at = open_operation('cancellation', card, tx, tx_requests, journal_key, holds, args)
+  local reply, tx_id, op, minor, at = open_operation('cancellation', card, tx, tx_requests, journal_key, holds, args)
   if reply then return reply end
-  local oid = args[1]
-  local tx_id, op, value = unpack(redis.call('HMGET', tx, 'id', 'operation', 'value'))
-  value = tonumber(value)
+  local oid, value = args[1], tonumber(redis.call('HGET', tx, 'value'))
   if op == 'Debit' then
     local held, released, refunded = hnum(tx, 'held'), hnum(tx, 'released'), hnum(tx, 'refunded')
     if minor > value - released - refunded then return {'exceeds_cancellable'} end
@@ -344,11 +407,14 @@ end
 
 --[[ gc_expire_holds: release a card's holds past their deadline now (the sweeper)
 KEYS[1] card hash gc:{C}:card; KEYS[2] journal gc:{C}:journal; KEYS[3] hold deadlines gc:{C}:holds
-Returns {"ok", holdsReleased} | {"not_found"}
+ARGV[1] at most this many holds in this call (the sweeper calls again while a call releases some)
+Returns {"ok", holdsReleased} | {"not_found"} | {"invalid_limit"}
 --]]
 local function expire_holds(keys, args)
+  local limit = tonumber(args[1])
+  if not limit or limit < 1 then return {'invalid_limit'} end
   if redis.call('EXISTS', keys[1]) == 0 then return {'not_found'} end
-  return {'ok', release_expired(keys[1], keys[3], keys[2], now_ms())}
+  return {'ok', release_expired(keys[1], keys[3], keys[2], now_ms(), limit)}
 end
 
 --[[ gc_read_card (read-only): a card's fields plus what its expired holds will give back
@@ -386,9 +452,31 @@ local function read_operations(keys, args)
   return reply
 end
 
+--[[ gc_read_ledger (read-only): everything verify checks about one card, read at one instant
+KEYS[1] card hash gc:{C}:card; KEYS[2] transaction ids gc:{C}:txs; KEYS[3] requestId index
+gc:{C}:requests; KEYS[4] journal gc:{C}:journal; KEYS[5] hold deadlines gc:{C}:holds
+Returns {"ok", cardFields, journalEntries, holdIds, requestFields, tx1, tx2, ...} | {"not_found"}
+where each tx is {txId, fields, settlements, cancellations} (fields as flat field/value arrays,
+journal entries as XRANGE gives them). One call, so no write can land between two of its reads:
+verify never reports a card half-way through a change. It reads the whole card: an operator's
+tool, not a request path.
+--]]
+local function read_ledger(keys, args)
+  local card = redis.call('HGETALL', keys[1])
+  if #card == 0 then return {'not_found'} end
+  local reply = {'ok', card, redis.call('XRANGE', keys[4], '-', '+'), redis.call('ZRANGE', keys[5], 0, -1),
+    redis.call('HGETALL', keys[3])}
+  local prefix = card_prefix(keys[1])
+  for _, tx_id in ipairs(redis.call('LRANGE', keys[2], 0, -1)) do
+    local tx_key = prefix .. ':tx:' .. tx_id
+    reply[#reply + 1] = {tx_id, redis.call('HGETALL', tx_key), redis.call('LRANGE', tx_key .. ':settlements', 0, -1),
+      redis.call('LRANGE', tx_key .. ':cancellations', 0, -1)}
+  end
+  return reply
+end
+
 --[[ gc_ping (read-only): proves the library is loaded and Redis runs Lua.
-Returns the library's digest, which store.py writes over the placeholder when it loads the
-library: a store that gets another digest back loads its own version (store.ensure_library).
+Returns the library's digest (the placeholder below, filled in by ledger_library.py).
 --]]
 local LIBRARY_DIGEST = '__LIBRARY_DIGEST__'
 local function ping(keys, args)
@@ -417,13 +505,19 @@ local function set_status(keys, args)
   return {'ok', current, int(at)}
 end
 
-redis.register_function('gc_create_card', create_card)
-redis.register_function('gc_discard_card', discard_card)
-redis.register_function('gc_authorize', authorize)
-redis.register_function('gc_settle', settle)
-redis.register_function('gc_cancel', cancel)
-redis.register_function('gc_expire_holds', expire_holds)
-redis.register_function('gc_set_status', set_status)
-redis.register_function{function_name = 'gc_read_card', callback = read_card, flags = {'no-writes'}}
-redis.register_function{function_name = 'gc_read_operations', callback = read_operations, flags = {'no-writes'}}
-redis.register_function{function_name = 'gc_ping', callback = ping, flags = {'no-writes'}}
+-- Every name ends in this release's digest (see the header).
+local function register(name, callback, read_only)
+  redis.register_function{function_name = name .. '_' .. LIBRARY_DIGEST, callback = callback,
+    flags = read_only and {'no-writes'} or {}}
+end
+register('gc_create_card', create_card)
+register('gc_discard_card', discard_card)
+register('gc_authorize', authorize)
+register('gc_settle', settle)
+register('gc_cancel', cancel)
+register('gc_expire_holds', expire_holds)
+register('gc_set_status', set_status)
+register('gc_read_card', read_card, true)
+register('gc_read_operations', read_operations, true)
+register('gc_read_ledger', read_ledger, true)
+register('gc_ping', ping, true)
