@@ -66,3 +66,5 @@ def test_every_valid_pair_is_accepted_and_halves_of_two_pairs_are_not(backend):
     assert (crossed.status_code, crossed.get_data()) == (403, b"")
     missing = client.get("/giftcards/nope", headers={"X-PROVIDER-API-AppKey": "test-app-key"})
     assert (missing.status_code, missing.get_data()) == (401, b"")
+    # An empty body has no media type: no Content-Type at all (Flask's default would say text/html).
+    assert "Content-Type" not in crossed.headers and "Content-Type" not in missing.headers
