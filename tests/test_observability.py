@@ -239,6 +239,7 @@ def test_gunicorn_workers_share_metrics_and_log_json(redis_server, tmp_path):
     port = free_port()
     env = {
         **os.environ,
+        "APP_ENV": "development",
         "REDIS_URL": redis_server.url,
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "WEB_CONCURRENCY": "2",
