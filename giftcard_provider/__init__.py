@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
     )
     # JSON logs from here on; its request hooks run before the credentials check.
-    observability.init_app(app, settings.log_level)
+    observability.init_app(app, settings)
     store = LedgerStore(redis_client, settings)  # None: connects from settings on first use
     app.extensions["giftcard_provider"] = {
         "store": store,
