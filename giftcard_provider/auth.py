@@ -14,9 +14,18 @@ from flask import Response, current_app, request
 APP_KEY_HEADER = "X-PROVIDER-API-AppKey"
 APP_TOKEN_HEADER = "X-PROVIDER-API-AppToken"
 
-# Endpoints outside the protocol: probes, metrics and the API docs need no credentials.
+# Endpoints outside the protocol need no app credentials: probes, the API docs, and metrics (which
+# check their own bearer token, see observability.py).
 PUBLIC_ENDPOINTS = frozenset(
-    {"probes.health", "probes.ready", "observability.metrics", "api-docs.openapi_json", "api-docs.openapi_swagger_ui"}
+    {
+        "probes.health",
+        "probes.ready",
+        "observability.metrics",
+        "api-docs.openapi_json",
+        "docs.page",
+        "docs.init",
+        "docs.asset",
+    }
 )
 
 
