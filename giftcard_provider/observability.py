@@ -161,7 +161,11 @@ def _count_ledger_reply(function: str, args: list, reply: list) -> None:
 
 
 def redis_error(component: str, exc: BaseException) -> None:
-    REDIS_ERRORS.labels(component, type(exc).__name__).inc()
+    """Count a Redis call that failed as unavailable (its caller answers 503: counting must not change that)."""
+    try:
+        REDIS_ERRORS.labels(component, type(exc).__name__).inc()
+    except Exception:
+        _hook_failed("redis_error")
 
 
 def _text(value) -> str:

@@ -214,6 +214,11 @@ def test_metrics_count_redis_outages():
     requests = "giftcard_http_requests_total"
     assert delta(before, after, requests, method="GET", route="/giftcards/<giftCardId>", status=503) == 1
 
+    with pytest.MonkeyPatch.context() as patched:  # a failing counter leaves the 503 a 503
+        patched.setattr(observability.REDIS_ERRORS, "labels", _explode)
+        assert broken.get("/giftcards/0123456789abcdef").status_code == 503
+    assert delta(after, samples(client), "giftcard_observability_errors_total", hook="redis_error") == 1
+
 
 def test_metrics_need_no_credentials_and_are_not_in_the_protocol_docs(client):
     assert client.get("/metrics").status_code == 200
