@@ -63,7 +63,10 @@ def _app_env(env) -> str:
 def _check_production(main: list[tuple[str, str]], extra: list[tuple[str, str]], secret: str, metrics_token: str):
     """Production starts only with real-looking secrets: none of the demo values, none too short."""
     if not main and not extra:
-        raise ConfigError("APP_ENV=production needs PROVIDER_API_APP_KEY and PROVIDER_API_APP_TOKEN")
+        raise ConfigError(
+            "APP_ENV=production needs PROVIDER_API_APP_KEY and PROVIDER_API_APP_TOKEN "
+            "(an unset APP_ENV means production; APP_ENV=development runs on the demo credentials)"
+        )
     for variable, pairs in (
         ("PROVIDER_API_APP_KEY / PROVIDER_API_APP_TOKEN", main),
         ("PROVIDER_API_EXTRA_CREDENTIALS", extra),
