@@ -3,7 +3,10 @@
 import os
 import tempfile
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+# Development listens on this machine only (it runs on the public demo credentials); production on
+# every interface, where Heroku's router connects to $PORT. Whether APP_ENV is valid, config.py decides.
+_development = os.environ.get("APP_ENV", "").strip().lower() == "development"
+bind = f"{'127.0.0.1' if _development else '0.0.0.0'}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 timeout = 30  # the Hub gives up after 15 s; a stuck worker is recycled well after that
 graceful_timeout = 20

@@ -40,9 +40,9 @@ from tests.redis_server import RedisServer as _TestRedisServer  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 WRK_SCRIPT = BENCH / "wrk" / "requests.lua"
-APP_KEY, APP_TOKEN = "bench-app-key", "bench-app-token"
+APP_KEY, APP_TOKEN = "bench-app-key", "bench-app-token-0123456789abcdef"  # production wants 16+ characters
 AUTH = {"X-PROVIDER-API-AppKey": APP_KEY, "X-PROVIDER-API-AppToken": APP_TOKEN}
-CODE_HASH_SECRET = "bench-code-hash-secret"
+CODE_HASH_SECRET = "bench-code-hash-secret-0123456789abcdef"  # 32+ characters
 TICKS = os.sysconf("SC_CLK_TCK")
 
 _running: list = []  # every process we started and have not stopped yet

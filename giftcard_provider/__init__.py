@@ -43,12 +43,10 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
         API_VERSION="1.0",
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/",
-        OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_JSON_PATH="openapi.json",  # always served; Swagger UI (/docs) is blueprints/docs.py
     )
     # JSON logs from here on; its request hooks run before the credentials check.
-    observability.init_app(app, settings.log_level)
+    observability.init_app(app, settings)
     store = LedgerStore(redis_client, settings)  # None: connects from settings on first use
     app.extensions["giftcard_provider"] = {
         "store": store,
@@ -71,6 +69,10 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
     for blp in (giftcards.blp, transactions.blp, operations.settlements, operations.cancellations):
         api.register_blueprint(blp)
     app.register_blueprint(probes.blp)
+    if settings.api_docs:
+        from .blueprints import docs  # imports swagger-ui-bundle only where /docs is served
+
+        app.register_blueprint(docs.blp)
     app.cli.add_command(cards)
 
     app.wsgi_app = _collapse_slashes(app.wsgi_app)

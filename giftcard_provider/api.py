@@ -4,7 +4,8 @@
   application/vnd.vtex.giftcards.v1+json); the body is parsed by jsonio, so
   amounts stay Decimal.
 * Invalid payloads answer 400 (webargs defaults to 422, which the protocol
-  reserves for ledger refusals).
+  reserves for ledger refusals); so does a body that cannot be read at all (a
+  malformed chunked encoding, or a body cut short).
 * Every error is JSON {"code", "message"} plus "errors" for field errors,
   declared in the OpenAPI document as the "Error" schema, with the error
   statuses each protocol operation can answer.
@@ -18,9 +19,10 @@ from http import HTTPStatus
 import flask_smorest
 import marshmallow as ma
 from flask import jsonify
+from gunicorn.http.errors import ParseException as ServerParseError
 from webargs import core
-from webargs.flaskparser import FlaskParser
-from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
+from webargs.flaskparser import FlaskParser, abort
+from werkzeug.exceptions import ClientDisconnected, HTTPException, InternalServerError, RequestEntityTooLarge
 
 from schemas.common import EpochMs, MoneyField
 
@@ -29,18 +31,33 @@ from .errors import ProviderError
 
 log = logging.getLogger(__name__)
 
+# What reading wsgi.input raises when the client sent a body that cannot be read: gunicorn's chunk
+# parse errors (bad chunk size, terminator or extension; IOError subclasses in older gunicorn),
+# NoMoreData (an IOError: the client stopped sending), a socket error, and werkzeug's
+# ClientDisconnected (fewer bytes than Content-Length). Bad input, not a fault of ours: 400.
+UNREADABLE_BODY = (ServerParseError, OSError, ClientDisconnected)
+
 
 class BodyParser(FlaskParser):
     DEFAULT_VALIDATION_STATUS = 400
 
     def _raw_load_json(self, req):
         # Whatever the Content-Type says, a non-empty body must be JSON.
-        data = req.get_data(cache=True)
-        # Werkzeug stops reading a streamed (chunked) body at the limit without a word: if more follows, 413.
-        limit = req.max_content_length
-        streamed = req.environ.get("wsgi.input_terminated")
-        if streamed and limit is not None and len(data) >= limit and req.environ["wsgi.input"].read(1):
-            raise RequestEntityTooLarge()
+        try:
+            data = req.get_data(cache=True)
+            # Werkzeug stops reading a streamed (chunked) body at the limit without a word: if more follows, 413.
+            limit = req.max_content_length
+            streamed = req.environ.get("wsgi.input_terminated")
+            if streamed and limit is not None and len(data) >= limit and req.environ["wsgi.input"].read(1):
+                raise RequestEntityTooLarge()
+        except UNREADABLE_BODY as exc:
+            # The error's text may quote body bytes: only its type is logged.
+            log.info("request body unreadable (%s): answered 400", type(exc).__name__)
+            abort(
+                400,
+                exc=exc,
+                messages={"json": ["The body could not be read (malformed chunked encoding or cut short)."]},
+            )
         if not data.strip():
             return core.missing
         try:

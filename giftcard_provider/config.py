@@ -1,8 +1,11 @@
 """Configuration, read from the environment in one place.
 
-Every setting has a local default so `flask run` works on a laptop with no
-accounts; `APP_ENV=production` turns the demo defaults for secrets into
-start-up errors instead. The README's configuration table mirrors this module.
+APP_ENV is `production` unless it says `development`: a deploy that forgot it
+is not left open. Development must be asked for (scripts/run does), is refused
+on a Heroku dyno, and gives every setting a local default, so the service runs
+on a laptop with no accounts, with the public demo credentials and secret.
+Production refuses those demo values, and tokens and secrets too short to be
+secrets. The README's configuration table mirrors this module.
 """
 
 from __future__ import annotations
@@ -14,6 +17,11 @@ from decimal import Decimal
 DEMO_APP_KEY = "demo-app-key"
 DEMO_APP_TOKEN = "demo-app-token"
 DEMO_CODE_HASH_SECRET = "demo-code-hash-secret"
+APP_ENVS = ("development", "production")
+# Shortest secrets production accepts. app.json's "generator": "secret" makes 64 hex characters;
+# `openssl rand -hex 16` makes 32.
+MIN_TOKEN_LENGTH = 16  # PROVIDER_API_APP_TOKEN, the tokens of PROVIDER_API_EXTRA_CREDENTIALS, METRICS_TOKEN
+MIN_CODE_HASH_SECRET_LENGTH = 32
 
 
 class ConfigError(RuntimeError):
@@ -40,8 +48,47 @@ def _pairs(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _app_env(env) -> str:
+    """APP_ENV, strictly: unset (or empty) is production; development is refused where clearly deployed."""
+    text = env.get("APP_ENV") or ""
+    value = text.strip().lower() or "production"
+    if value not in APP_ENVS:
+        raise ConfigError(f"APP_ENV must be development or production (unset means production), not {text!r}")
+    if value == "development" and env.get("DYNO"):
+        # Heroku sets DYNO in every dyno: this is a deploy, and development would run it on demo secrets.
+        raise ConfigError("APP_ENV=development is refused on a Heroku dyno (DYNO is set): use APP_ENV=production")
+    return value
+
+
+def _check_production(main: list[tuple[str, str]], extra: list[tuple[str, str]], secret: str, metrics_token: str):
+    """Production starts only with real-looking secrets: none of the demo values, none too short."""
+    if not main and not extra:
+        raise ConfigError(
+            "APP_ENV=production needs PROVIDER_API_APP_KEY and PROVIDER_API_APP_TOKEN "
+            "(an unset APP_ENV means production; APP_ENV=development runs on the demo credentials)"
+        )
+    for variable, pairs in (
+        ("PROVIDER_API_APP_KEY / PROVIDER_API_APP_TOKEN", main),
+        ("PROVIDER_API_EXTRA_CREDENTIALS", extra),
+    ):
+        for key, token in pairs:
+            if key == DEMO_APP_KEY or token == DEMO_APP_TOKEN:
+                raise ConfigError(f"APP_ENV=production refuses the demo credentials in {variable}")
+            if len(token) < MIN_TOKEN_LENGTH:
+                raise ConfigError(f"APP_ENV=production needs tokens of {MIN_TOKEN_LENGTH}+ characters in {variable}")
+    if not secret:
+        raise ConfigError("APP_ENV=production needs CODE_HASH_SECRET")
+    if secret == DEMO_CODE_HASH_SECRET or len(secret) < MIN_CODE_HASH_SECRET_LENGTH:
+        raise ConfigError(
+            f"APP_ENV=production needs CODE_HASH_SECRET of {MIN_CODE_HASH_SECRET_LENGTH}+ characters, not the demo one"
+        )
+    if metrics_token and len(metrics_token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"APP_ENV=production needs a METRICS_TOKEN of {MIN_TOKEN_LENGTH}+ characters")
+
+
 @dataclass(frozen=True)
 class Settings:
+    # The defaults are development's (tests build Settings directly); from_env() decides the environment.
     app_env: str = "development"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False  # REDIS_URL is then one startup node of a Redis Cluster (store.py)
@@ -70,6 +117,8 @@ class Settings:
     code_lookup_limit: str = "10/minute;50/day"
     code_lookup_address_limit: str = "100/minute"
     trusted_proxy_hops: int = 0  # proxies that append to X-Forwarded-For (Heroku's router: 1)
+    metrics_token: str = ""  # GET /metrics wants `Authorization: Bearer <it>`; production without it: no /metrics
+    api_docs: bool = True  # Swagger UI at /docs (production: off unless API_DOCS=1)
 
     @property
     def production(self) -> bool:
@@ -80,17 +129,17 @@ class Settings:
         env = os.environ if env is None else env
         get = env.get
         key, token = get("PROVIDER_API_APP_KEY"), get("PROVIDER_API_APP_TOKEN")
-        app_env = get("APP_ENV", "development")
+        app_env = _app_env(env)
         if bool(key) != bool(token):
             raise ConfigError("PROVIDER_API_APP_KEY and PROVIDER_API_APP_TOKEN must be set together")
-        pairs = [(key, token)] if key else []
-        pairs += _pairs(get("PROVIDER_API_EXTRA_CREDENTIALS", ""))
+        main = [(key, token)] if key else []
+        extra = _pairs(get("PROVIDER_API_EXTRA_CREDENTIALS", ""))
+        pairs = main + extra
         secret = get("CODE_HASH_SECRET", "")
+        metrics_token = get("METRICS_TOKEN", "")
         if app_env == "production":
-            if not pairs:
-                raise ConfigError("APP_ENV=production needs PROVIDER_API_APP_KEY and PROVIDER_API_APP_TOKEN")
-            if not secret:
-                raise ConfigError("APP_ENV=production needs CODE_HASH_SECRET")
+            _check_production(main, extra, secret, metrics_token)
+        api_docs = get("API_DOCS", "")
         cluster = _flag("REDIS_CLUSTER", get("REDIS_CLUSTER", ""))
         if cluster and (get("REDIS_WAIT_REPLICAS", "0") != "0" or get("REDIS_WAIT_LOCAL_AOF", "0") != "0"):
             # WAIT counts the writes of the connection it is sent on; on a cluster the
@@ -124,6 +173,9 @@ class Settings:
                 code_lookup_limit=get("CODE_LOOKUP_LIMIT", cls.code_lookup_limit),
                 code_lookup_address_limit=get("CODE_LOOKUP_ADDRESS_LIMIT", cls.code_lookup_address_limit),
                 trusted_proxy_hops=int(get("TRUSTED_PROXY_HOPS", cls.trusted_proxy_hops)),
+                metrics_token=metrics_token,
+                # Swagger UI is for people: on by default in development only.
+                api_docs=_flag("API_DOCS", api_docs) if api_docs.strip() else app_env == "development",
             )
         except (ValueError, ArithmeticError) as exc:
             raise ConfigError(f"invalid setting: {exc}") from exc

@@ -7,14 +7,23 @@ and ``traceparent`` when sent, and a request id that is also answered in
 ``X-Request-Id``. Bodies and credential headers are never logged, so an app
 key, app token, redemption token or redemption code cannot reach the log.
 
-Metrics: ``GET /metrics`` (unauthenticated, outside the protocol). Under
-gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` (set by gunicorn.conf.py) makes every
-worker write its samples to files there and the endpoint adds them up; without
-it, the process's own registry is served.
+Metrics: ``GET /metrics``, outside the protocol, behind its own bearer token
+(``METRICS_TOKEN``; without one it is open in development and absent in
+production). Every label takes its value from a fixed set, so no request can
+add series. Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` (set by
+gunicorn.conf.py) makes every worker write its samples to files there and the
+endpoint adds them up; without it, the process's own registry is served.
+
+Nothing here may turn an answer into an error: the hooks run after the ledger
+has committed a write (``ledger_reply``) or after the view has answered
+(``_finish_request``), so a failure in them is logged and counted, and the
+answer stands.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hmac
 import json
 import logging
 import os
@@ -24,7 +33,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -35,7 +44,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-from .config import ConfigError
+from .config import ConfigError, Settings
+from .errors import _REFUSALS
 
 log = logging.getLogger("giftcard_provider.requests")
 
@@ -79,6 +89,29 @@ CODE_LOOKUPS_THROTTLED = Counter(
     "Searches by redemption code refused by a limit, by the limit that was spent (client, address).",
     ["scope"],
 )
+OBSERVABILITY_ERRORS = Counter(
+    "giftcard_observability_errors_total",
+    "Failures inside logging or metrics after an answer was decided (logged; the answer stood), by hook.",
+    ["hook"],
+)
+
+# Label values come from these sets only (anything else is "other"): a label taken from the
+# request would let any caller add series to every scrape until the next restart.
+OTHER = "other"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+_OPERATIONS = frozenset({"debit", "credit", "settlement", "cancellation", "expiry"})
+_CONFLICT_FIELDS = frozenset({"operation", "value"})
+_INVALID_REASONS = frozenset({"invalid_amount_precision"})
+_REFUSAL_REASONS = frozenset(_REFUSALS)  # the ledger's refusal codes, as errors.py maps them to 422s
+
+
+def _bounded(value: str, allowed: frozenset[str]) -> str:
+    return value if value in allowed else OTHER
+
+
+def http_method_label(method: str) -> str:
+    return _bounded(method, HTTP_METHODS)
+
 
 _LEDGER_FUNCTIONS = {
     "gc_authorize": None,  # debit or credit: from the call's operation argument
@@ -90,30 +123,49 @@ _DONE = {"debit": "authorized", "credit": "authorized", "settlement": "settled",
 _REPLY_OUTCOMES = {"replay": "replayed", "conflict": "conflict", "not_found": "not_found"}
 
 
+def _hook_failed(hook: str) -> None:
+    """A logging or metrics hook raised: say so loudly, and go on (see the module docstring)."""
+    with contextlib.suppress(Exception):  # the counter is best effort: it must not raise in turn
+        OBSERVABILITY_ERRORS.labels(hook).inc()
+    log.exception("%s failed; the answer stands", hook)
+
+
 def ledger_reply(function: str, args: list, reply: list) -> None:
-    """Count what a ledger.lua money function decided. Called by LedgerStore for every FCALL."""
+    """Count what a ledger.lua money function decided. Called by LedgerStore for every FCALL, after
+    the write committed: it never raises."""
+    try:
+        _count_ledger_reply(function, args, reply)
+    except Exception:
+        _hook_failed("ledger_reply")
+
+
+def _count_ledger_reply(function: str, args: list, reply: list) -> None:
     if function not in _LEDGER_FUNCTIONS or not reply:
         return
-    operation = _LEDGER_FUNCTIONS[function] or str(args[1]).lower()
+    operation = _bounded(_LEDGER_FUNCTIONS[function] or _text(args[1]).lower(), _OPERATIONS)
     status = _text(reply[0])
     if operation == "expiry":
         if status == "ok" and int(reply[1]):
             LEDGER_OUTCOMES.labels(operation, "expired", "").inc(int(reply[1]))
         return
     if status == "ok":
-        LEDGER_OUTCOMES.labels(operation, _DONE[operation], "").inc()
+        LEDGER_OUTCOMES.labels(operation, _DONE.get(operation, OTHER), "").inc()
     elif status == "conflict":
-        LEDGER_OUTCOMES.labels(operation, "conflict", _text(reply[1])).inc()
+        LEDGER_OUTCOMES.labels(operation, "conflict", _bounded(_text(reply[1]), _CONFLICT_FIELDS)).inc()
     elif status in _REPLY_OUTCOMES:
         LEDGER_OUTCOMES.labels(operation, _REPLY_OUTCOMES[status], "").inc()
     elif status.startswith("invalid"):
-        LEDGER_OUTCOMES.labels(operation, "invalid", status).inc()
+        LEDGER_OUTCOMES.labels(operation, "invalid", _bounded(status, _INVALID_REASONS)).inc()
     else:
-        LEDGER_OUTCOMES.labels(operation, "refused", status).inc()
+        LEDGER_OUTCOMES.labels(operation, "refused", _bounded(status, _REFUSAL_REASONS)).inc()
 
 
 def redis_error(component: str, exc: BaseException) -> None:
-    REDIS_ERRORS.labels(component, type(exc).__name__).inc()
+    """Count a Redis call that failed as unavailable (its caller answers 503: counting must not change that)."""
+    try:
+        REDIS_ERRORS.labels(component, type(exc).__name__).inc()
+    except Exception:
+        _hook_failed("redis_error")
 
 
 def _text(value) -> str:
@@ -134,7 +186,16 @@ blp = Blueprint("observability", __name__)
 
 @blp.get("/metrics")
 def metrics():
-    """Prometheus metrics (no credentials: keep it off the public internet at the router)."""
+    """Prometheus metrics, for `Authorization: Bearer <METRICS_TOKEN>` when a token is set (open without
+    one, which only development allows: production registers no /metrics then, see init_app)."""
+    token = current_app.config["SETTINGS"].metrics_token
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())):
+            response = jsonify({"code": "unauthorized", "message": "/metrics needs Authorization: Bearer <token>"})
+            response.status_code = 401
+            response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
     return Response(metrics_text(), content_type=CONTENT_TYPE_LATEST)
 
 
@@ -197,15 +258,31 @@ def _start_request() -> None:
 
 
 def _finish_request(response: Response) -> Response:
-    started = g.get("request_started") or time.perf_counter()
-    elapsed = time.perf_counter() - started
-    request_id = g.get("request_id") or _request_id()
-    response.headers[REQUEST_ID_HEADER] = request_id
-    route = request.url_rule.rule if request.url_rule else "unmatched"
-    status = response.status_code
-    HTTP_REQUESTS.labels(request.method, route, status).inc()
-    HTTP_LATENCY.labels(request.method, route, status).observe(elapsed)
+    """The request's log line and metrics. The answer is decided (a write may be committed): whatever
+    fails here is logged and counted, and the response goes out as it is."""
+    try:
+        elapsed = time.perf_counter() - (g.get("request_started") or time.perf_counter())
+        request_id = g.get("request_id") or _request_id()
+        response.headers[REQUEST_ID_HEADER] = request_id
+        route = request.url_rule.rule if request.url_rule else "unmatched"  # a template: a fixed set
+    except Exception:
+        _hook_failed("request")
+        return response
+    try:
+        _log_request(response, request_id, route, elapsed)
+    except Exception:
+        _hook_failed("request_log")
+    try:
+        method, status = http_method_label(request.method), response.status_code
+        HTTP_REQUESTS.labels(method, route, status).inc()
+        HTTP_LATENCY.labels(method, route, status).observe(elapsed)
+    except Exception:
+        _hook_failed("request_metrics")
+    return response
 
+
+def _log_request(response: Response, request_id: str, route: str, elapsed: float) -> None:
+    status = response.status_code
     fields = {
         "request_id": request_id,
         "method": request.method,
@@ -227,12 +304,13 @@ def _finish_request(response: Response) -> Response:
         fields["code_lookup"] = g.code_lookup
     level = logging.DEBUG if request.endpoint in QUIET_ENDPOINTS else logging.INFO
     log.log(level, "request", extra={"fields": fields})
-    return response
 
 
-def init_app(app: Flask, log_level: str = "INFO") -> None:
-    """Register the request hooks (first, so that refused credentials are logged too) and /metrics."""
-    configure_logging(log_level)
+def init_app(app: Flask, settings: Settings) -> None:
+    """Register the request hooks (first, so that refused credentials are logged too) and /metrics:
+    production serves metrics only to a bearer of METRICS_TOKEN, so without one it has no /metrics."""
+    configure_logging(settings.log_level)
     app.before_request_funcs.setdefault(None, []).insert(0, _start_request)
     app.after_request(_finish_request)
-    app.register_blueprint(blp)
+    if settings.metrics_token or not settings.production:
+        app.register_blueprint(blp)

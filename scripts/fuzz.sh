@@ -70,7 +70,7 @@ wait_for "redis-server" "$redis_pid" "import os, redis; redis.Redis.from_url(os.
 
 web_port=$(free_port)
 base_url="http://127.0.0.1:$web_port"
-export PROVIDER_API_APP_KEY=fuzz-app-key PROVIDER_API_APP_TOKEN=fuzz-app-token CODE_HASH_SECRET=fuzz-secret
+export APP_ENV=development PROVIDER_API_APP_KEY=fuzz-app-key PROVIDER_API_APP_TOKEN=fuzz-app-token CODE_HASH_SECRET=fuzz-secret
 export PROMETHEUS_MULTIPROC_DIR="$work/metrics" WEB_CONCURRENCY="$workers" LOG_LEVEL=WARNING
 gunicorn -c gunicorn.conf.py --bind "127.0.0.1:$web_port" wsgi:app >"$work/web.log" 2>&1 &
 web_pid=$!

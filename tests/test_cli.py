@@ -430,7 +430,11 @@ def test_sweep_survives_an_unreachable_redis_and_expire_holds_fails_fast():
 
 def test_rediss_url_carries_the_certificate_setting():
     settings = Settings.from_env(
-        {"REDIS_URL": "rediss://:secret@redis.example.com:6380/0", "REDIS_SSL_CERT_REQS": "none"}
+        {
+            "APP_ENV": "development",
+            "REDIS_URL": "rediss://:secret@redis.example.com:6380/0",
+            "REDIS_SSL_CERT_REQS": "none",
+        }
     )
     pool = connect(settings).connection_pool
     assert pool.connection_class is redis.SSLConnection
@@ -450,8 +454,8 @@ def test_rediss_url_carries_the_certificate_setting():
 
 
 class _Recorder(dict):
-    def __init__(self):
-        super().__init__()
+    def __init__(self, **values):
+        super().__init__(values)
         self.read: set[str] = set()
 
     def get(self, key, default=None):
@@ -462,9 +466,9 @@ class _Recorder(dict):
 def test_app_json_describes_every_setting_and_starts_in_production():
     manifest = json.loads((ROOT / "app.json").read_text())
     env = manifest["env"]
-    recorder = _Recorder()
+    recorder = _Recorder(APP_ENV="development")  # reads every setting (production stops at the first missing secret)
     Settings.from_env(recorder)
-    assert recorder.read - {"REDIS_URL"} <= set(env), "app.json misses settings read by config.py"
+    assert recorder.read - {"REDIS_URL", "DYNO"} <= set(env), "app.json misses settings read by config.py"
     assert {"plan": "heroku-redis:mini", "as": "REDIS"} in manifest["addons"]  # provides REDIS_URL
     assert all(spec.get("description") for spec in env.values())
     for name in ("PROVIDER_API_APP_KEY", "PROVIDER_API_APP_TOKEN", "CODE_HASH_SECRET"):
@@ -474,10 +478,12 @@ def test_app_json_describes_every_setting_and_starts_in_production():
     assert set(manifest["formation"]) == {"web", "clock"}
 
     values = {name: spec.get("value", "") for name, spec in env.items() if spec.get("generator") != "secret"}
-    secrets = {name: f"generated-{name}" for name, spec in env.items() if spec.get("generator") == "secret"}
+    # What "generator": "secret" makes: 64 hex characters.
+    secrets = {name: f"{i:02d}".ljust(64, "f") for i, (name, spec) in enumerate(env.items()) if spec.get("generator")}
     settings = Settings.from_env({**values, **secrets, "REDIS_URL": "rediss://h:6380"})
     assert settings.production
-    assert settings.credentials[0] == ("generated-PROVIDER_API_APP_KEY", "generated-PROVIDER_API_APP_TOKEN")
+    assert settings.credentials[0] == (secrets["PROVIDER_API_APP_KEY"], secrets["PROVIDER_API_APP_TOKEN"])
+    assert settings.metrics_token == secrets["METRICS_TOKEN"] and not settings.api_docs
     assert not settings.uses_demo_credentials
 
 
@@ -496,9 +502,12 @@ def test_procfile_processes_and_python_version(app):
 def test_gunicorn_config_reads_the_environment_and_does_not_preload(monkeypatch, tmp_path):
     monkeypatch.setenv("PORT", "5123")
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    monkeypatch.delenv("APP_ENV", raising=False)  # production: Heroku's router must reach $PORT
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")  # unset by the test's end, whatever the config does
     config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert (config["bind"], config["workers"], config["preload_app"]) == ("0.0.0.0:5123", 3, False)
+    monkeypatch.setenv("APP_ENV", "development")  # the demo credentials: this machine only
+    assert runpy.run_path(str(ROOT / "gunicorn.conf.py"))["bind"] == "127.0.0.1:5123"
     metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     assert metrics_dir.is_dir() and not any(metrics_dir.iterdir())  # fresh for the workers' metric files
     metrics_dir.rmdir()

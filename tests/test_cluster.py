@@ -123,10 +123,10 @@ def test_a_single_server_behind_redis_cluster_1_is_a_503_with_the_reason_logged(
 
 @pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("0", False), ("", False)])
 def test_redis_cluster_switch(value, expected):
-    assert Settings.from_env({"REDIS_CLUSTER": value}).redis_cluster is expected
+    assert Settings.from_env({"APP_ENV": "development", "REDIS_CLUSTER": value}).redis_cluster is expected
 
 
 @pytest.mark.parametrize("env", [{"REDIS_CLUSTER": "maybe"}, {"REDIS_CLUSTER": "1", "REDIS_WAIT_REPLICAS": "1"}])
 def test_cluster_settings_that_cannot_work_are_refused(env):
     with pytest.raises(ConfigError, match="REDIS_CLUSTER"):
-        Settings.from_env(env)
+        Settings.from_env({"APP_ENV": "development", **env})

@@ -286,6 +286,7 @@ def gunicorn(server, tmp_path):
     port = free_port()
     env = {
         **os.environ,
+        "APP_ENV": "development",  # the test's short secrets would not do for production
         "REDIS_URL": server.url,
         "PROVIDER_API_APP_KEY": APP_KEY,
         "PROVIDER_API_APP_TOKEN": APP_TOKEN,

@@ -14,19 +14,34 @@ Decisions this file pins down:
   beyond +-1000 are malformed JSON everywhere; amounts beyond the ceiling, zero, negative
   or finer than the currency are a 400 on the money endpoints.
 * Strings we do accept are stored and read back faithfully, "|" and NUL included.
+* A body that cannot be read (malformed chunked encoding, or cut short) is a 400
+  invalid_request, logged without a traceback, in the test client and under gunicorn.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from gunicorn.http.errors import ChunkMissingTerminator, InvalidChunkSize, NoMoreData
 
 from giftcard_provider.money import Amount
 
+from .conftest import APP_KEY, APP_TOKEN
 from .hub import body
+from .redis_server import free_port
 from .snapshot import assert_rejected, unchanged
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SEARCH = (
     b'{"client":{"id":"shopper-1","email":"shopper@example.com","document":"1"},'
@@ -270,6 +285,91 @@ def test_oversized_streamed_body_is_a_413(hub, store, endpoints, settings):
         assert_rejected(store.redis, lambda path=path, data=data: streamed(path, data), 413)
     path, template = endpoints["settlements"]
     assert streamed(path, padded(template % b"1", limit)).status_code == 200  # exactly the limit is fine
+
+
+class _BrokenChunks(io.RawIOBase):
+    """wsgi.input as gunicorn hands it over for a chunked body whose framing is bad: read() raises."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error", [InvalidChunkSize(b"zz"), ChunkMissingTerminator(b"XX"), NoMoreData(b""), ConnectionResetError()]
+)
+def test_an_unreadable_streamed_body_is_a_400(hub, store, endpoints, caplog, error):
+    for path, _ in endpoints.values():
+        response = assert_rejected(
+            store.redis,
+            lambda path=path: post(
+                hub,
+                path,
+                None,
+                headers={"Transfer-Encoding": "chunked"},
+                environ_overrides={"wsgi.input_terminated": True, "wsgi.input": _BrokenChunks(error)},
+            ),
+            400,
+        )
+        assert response["code"] == "invalid_request" and "could not be read" in response["errors"]["json"][0]
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+
+
+def _raw_post(port: int, path: str, chunked_body: bytes) -> tuple[int, dict]:
+    """POST a hand-framed chunked body over a raw socket; the status and JSON body of the answer."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\nX-PROVIDER-API-AppKey: {APP_KEY}\r\n"
+        f"X-PROVIDER-API-AppToken: {APP_TOKEN}\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head.encode() + chunked_body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.slow
+def test_a_malformed_chunked_body_is_a_400_under_gunicorn(redis_server, tmp_path):
+    port = free_port()
+    env = {**os.environ, "APP_ENV": "development", "REDIS_URL": redis_server.url, "PYTHONPATH": str(ROOT)}
+    env.update(PROVIDER_API_APP_KEY=APP_KEY, PROVIDER_API_APP_TOKEN=APP_TOKEN, WEB_CONCURRENCY="1")
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+    log_file = tmp_path / "gunicorn.log"
+    with log_file.open("wb") as out:
+        command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}", "wsgi:app"]
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, log_file.read_text()
+                time.sleep(0.1)
+        card = b'{"relationName":"gift","caption":"Gift card","profileId":"shopper@example.com"}'
+        status, created = _raw_post(port, "/giftcards", b"%x\r\n%s\r\n0\r\n\r\n" % (len(card), card))
+        assert status == 200 and created["id"]  # well-framed chunks are read
+        for framing in (
+            b"zz\r\n" + card + b"\r\n0\r\n\r\n",  # a chunk size that is not hex
+            b"%x\r\n%sXX0\r\n\r\n" % (len(card), card),  # a chunk without its CRLF terminator
+        ):
+            status, error = _raw_post(port, "/giftcards", framing)
+            assert (status, error["code"]) == (400, "invalid_request")
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(20)
+    text = log_file.read_text()
+    assert "Traceback" not in text and '"level":"ERROR"' not in text, text
+    assert text.count("request body unreadable") == 2
 
 
 def test_a_body_of_exactly_the_limit_is_read(hub, endpoints, settings):

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from giftcard_provider import create_app
+from giftcard_provider import create_app, observability
 from giftcard_provider.codes import normalise
 from giftcard_provider.config import ConfigError
 
@@ -214,6 +214,11 @@ def test_metrics_count_redis_outages():
     requests = "giftcard_http_requests_total"
     assert delta(before, after, requests, method="GET", route="/giftcards/<giftCardId>", status=503) == 1
 
+    with pytest.MonkeyPatch.context() as patched:  # a failing counter leaves the 503 a 503
+        patched.setattr(observability.REDIS_ERRORS, "labels", _explode)
+        assert broken.get("/giftcards/0123456789abcdef").status_code == 503
+    assert delta(after, samples(client), "giftcard_observability_errors_total", hook="redis_error") == 1
+
 
 def test_metrics_need_no_credentials_and_are_not_in_the_protocol_docs(client):
     assert client.get("/metrics").status_code == 200
@@ -239,6 +244,7 @@ def test_gunicorn_workers_share_metrics_and_log_json(redis_server, tmp_path):
     port = free_port()
     env = {
         **os.environ,
+        "APP_ENV": "development",
         "REDIS_URL": redis_server.url,
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "WEB_CONCURRENCY": "2",
@@ -292,3 +298,88 @@ def test_gunicorn_workers_share_metrics_and_log_json(redis_server, tmp_path):
     requests = [line for line in lines if line.get("message") == "request"]
     assert len([line for line in requests if line["status"] == 404]) == sent
     assert all(line["route"] == "/giftcards/<giftCardId>" for line in requests)
+
+
+# -- nothing after a committed write turns it into an error --------------------------
+
+
+def _explode(*args, **kwargs):
+    raise ValueError("an unexpected label")
+
+
+@pytest.mark.parametrize(
+    "target, name, hook",
+    [
+        (observability.LEDGER_OUTCOMES, "labels", "ledger_reply"),
+        (observability.HTTP_REQUESTS, "labels", "request_metrics"),
+        (observability.HTTP_LATENCY, "labels", "request_metrics"),
+        (observability, "_log_request", "request_log"),
+    ],
+)
+def test_a_failing_metric_or_log_line_never_turns_a_committed_write_into_an_error(
+    hub, client, monkeypatch, capsys, target, name, hook
+):
+    card = hub.funded_card(Decimal("10"))
+    before = samples(client)
+    capsys.readouterr()
+    with monkeypatch.context() as patched:
+        patched.setattr(target, name, _explode)
+        debit = hub.transaction(card["id"], "Debit", Decimal("4"), rid="committed-debit")
+        credit = hub.transaction(card["id"], "Credit", Decimal("1"), rid="committed-credit")
+    assert (debit.status_code, credit.status_code) == (200, 200)
+    assert debit.json["id"] and credit.json["id"] and "X-Request-Id" in debit.headers
+    assert hub.get(f"/giftcards/{card['id']}").json["balance"] == Decimal("7")  # both are on the card
+    failures = [line for line in log_lines(capsys.readouterr().out) if line["level"] == "ERROR"]
+    assert [line["message"] for line in failures] == [f"{hook} failed; the answer stands"] * 2
+    assert "an unexpected label" in failures[0]["exception"]
+    assert delta(before, samples(client), "giftcard_observability_errors_total", hook=hook) == 2
+
+
+# -- every label from a fixed set; /metrics behind a bearer token ---------------------
+
+
+def test_made_up_methods_add_no_series(hub, client):
+    before = samples(client)
+    for i in range(8):
+        assert hub.client.open("/giftcards", method=f"BREW{i}", headers=hub.headers).status_code == 405
+    after = samples(client)
+    assert delta(before, after, "giftcard_http_requests_total", method="other", route="unmatched", status=405) == 8
+    methods = {dict(labels).get("method") for _, labels in after}
+    assert methods - {None} <= observability.HTTP_METHODS | {"other"}
+
+
+def test_ledger_labels_come_from_known_values_only(client):
+    before = samples(client)
+    observability.ledger_reply("gc_authorize", ["k", "Refund"], ["ok", "tx"])
+    observability.ledger_reply("gc_authorize", ["k", "Debit"], [b"some_new_refusal"])
+    observability.ledger_reply("gc_settle", ["k"], ["conflict", "requestId-of-the-caller"])
+    observability.ledger_reply("gc_cancel", ["k"], ["invalid_everything"])
+    after = samples(client)
+    outcomes = "giftcard_ledger_outcomes_total"
+    assert delta(before, after, outcomes, operation="other", outcome="other", reason="") == 1
+    assert delta(before, after, outcomes, operation="debit", outcome="refused", reason="other") == 1
+    assert delta(before, after, outcomes, operation="settlement", outcome="conflict", reason="other") == 1
+    assert delta(before, after, outcomes, operation="cancellation", outcome="invalid", reason="other") == 1
+
+
+METRICS_TOKEN = "metrics-token-0123456789"
+
+
+@pytest.mark.parametrize("app_env", ["development", "production"])
+def test_metrics_with_a_token_need_it_as_a_bearer_token(backend, app_env):
+    client = create_app(make_settings(app_env=app_env, metrics_token=METRICS_TOKEN), redis_client=backend).test_client()
+    for authorization in (None, METRICS_TOKEN, f"Bearer {METRICS_TOKEN}x", f"Basic {METRICS_TOKEN}", "Bearer"):
+        refused = client.get("/metrics", headers={"Authorization": authorization} if authorization else {})
+        assert refused.status_code == 401 and refused.json["code"] == "unauthorized"
+        assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+        assert b"giftcard_" not in refused.get_data()
+    allowed = client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert allowed.status_code == 200 and b"giftcard_http_requests_total" in allowed.get_data()
+
+
+def test_production_without_a_metrics_token_serves_no_metrics(backend, hub):
+    client = create_app(make_settings(app_env="production"), redis_client=backend).test_client()
+    # No such route: like any unknown path, 401 without the app's credentials and 404 with them.
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer anything"}).status_code == 401
+    assert client.get("/metrics", headers=hub.headers).status_code == 404

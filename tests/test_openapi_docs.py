@@ -10,11 +10,13 @@ are declared with their schema; the credentials are declared as security schemes
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 
 import fakeredis
 import pytest
+import swagger_ui_bundle
 
 from giftcard_provider import create_app
 
@@ -270,8 +272,49 @@ def test_credentials_are_declared_as_the_spec_declares_them(ours):
     assert ours["security"] == SPEC["security"]
 
 
-def test_swagger_ui_is_served_without_credentials(ours):
-    client = create_app(make_settings(), redis_client=fakeredis.FakeRedis(decode_responses=True)).test_client()
+def _docs_client(**settings):
+    return create_app(make_settings(**settings), redis_client=fakeredis.FakeRedis(decode_responses=True)).test_client()
+
+
+def test_swagger_ui_is_served_from_our_origin_without_credentials(ours):
+    client = _docs_client()
     page = client.get("/docs")
     assert page.status_code == 200 and page.content_type.startswith("text/html")
-    assert "/openapi.json" in page.get_data(as_text=True)
+    html = page.get_data(as_text=True)
+    assert 'data-spec-url="/openapi.json"' in html
+    # Every asset is ours, at the pinned package's version: no CDN, no other origin, no inline script.
+    assert "//" not in html.replace("<!DOCTYPE html>", "") and "<script>" not in html
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assets = ("swagger-ui.css", "favicon-32x32.png", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js")
+    assert sorted(sources) == sorted([*(f"/docs/{name}" for name in assets), "/docs/init.js"])
+    bundle_dir = Path(swagger_ui_bundle.swagger_ui_path)
+    for source in sources:
+        with client.get(source) as asset:  # a file response: closed, or its file would be left open
+            assert asset.status_code == 200, source
+            if source != "/docs/init.js":
+                assert asset.get_data() == (bundle_dir / source.removeprefix("/docs/")).read_bytes()
+            assert asset.headers["Content-Security-Policy"] == page.headers["Content-Security-Policy"]
+    init = client.get("/docs/init.js").get_data(as_text=True)
+    assert "dataset.specUrl" in init and "validatorUrl: null" in init  # no spec URL sent to swagger.io
+    assert client.get("/docs/swagger-ui.js.map").status_code == 404  # only the listed assets
+    assert client.get("/docs/..%2f..%2fswagger_ui_bundle%2f__init__.py").status_code in (401, 404)  # no route
+
+
+def test_the_docs_page_allows_only_its_own_origin():
+    policy = _docs_client().get("/docs").headers["Content-Security-Policy"]
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["default-src"] == "'self'"  # scripts, styles, connections: this origin only
+    assert directives["img-src"] == "'self' data:"  # Swagger UI's stylesheet draws its icons from data: URLs
+    assert directives["frame-ancestors"] == "'none'" and directives["object-src"] == "'none'"
+    assert "unsafe" not in policy and "http" not in policy
+
+
+@pytest.mark.parametrize(
+    "app_env, api_docs, served", [("development", True, True), ("production", False, False), ("production", True, True)]
+)
+def test_swagger_ui_is_off_in_production_unless_asked_for(app_env, api_docs, served):
+    client = _docs_client(app_env=app_env, api_docs=api_docs)
+    assert (client.get("/docs").status_code == 200) is served
+    with client.get("/docs/swagger-ui-bundle.js") as asset:
+        assert (asset.status_code == 200) is served
+    assert client.get("/openapi.json").status_code == 200  # the document itself is always served
