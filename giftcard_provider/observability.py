@@ -79,6 +79,17 @@ CODE_LOOKUPS_THROTTLED = Counter(
     "Searches by redemption code refused by a limit, by the limit that was spent (client, address).",
     ["scope"],
 )
+CODE_LOOKUPS_UNTRACKED = Counter(
+    "giftcard_code_lookups_untracked_total",
+    "Failed code searches of a subject new to a full limit window (CODE_LOOKUP_MAX_TRACKED): not counted, "
+    "so not throttled in that window. Non-zero means a flood of new identities (client) or addresses.",
+    ["scope"],
+)
+CODE_LOOKUP_BRAKE_ALERTS = Counter(
+    "giftcard_code_lookup_brake_alerts_total",
+    "Times failed code searches from one address reached 80% of CODE_LOOKUP_ADDRESS_LIMIT, the store-wide "
+    "brake: alert on it, the brake blocks every shopper's code search once the limit is reached.",
+)
 
 _LEDGER_FUNCTIONS = {
     "gc_authorize": None,  # debit or credit: from the call's operation argument
