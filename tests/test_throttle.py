@@ -323,7 +323,10 @@ def limiter_bytes(client, keys) -> int:
 def test_a_flood_of_new_identities_cannot_grow_the_limiter_past_its_cap(small_redis, capsys):
     small_redis.flushall()
     cap = 50
-    settings = make_settings(code_lookup_limit=f"{CLIENT_LIMIT}/minute", code_lookup_max_tracked=cap)
+    # No brake: a brake that engages stops the counting, and would hide the growth being tested.
+    settings = make_settings(
+        code_lookup_limit=f"{CLIENT_LIMIT}/minute", code_lookup_address_limit="", code_lookup_max_tracked=cap
+    )
     client = create_app(settings, redis_client=small_redis).test_client()
     hub = Hub(client, AUTH)
     card_id, code = (c := hub.funded_card(Decimal("25")))["id"], c["redemptionCode"]
@@ -375,3 +378,20 @@ def test_a_full_window_costs_the_bytes_the_readme_states(small_redis):
     grown = small_redis.info("memory")["used_memory"] - used
     assert grown / settings.code_lookup_max_tracked <= 105
     assert 2 * grown <= 2.1e6
+
+
+def test_a_code_search_stays_two_round_trips_and_a_failure_pays_one_more(real_redis):
+    # Counted by Redis itself (read events on client sockets), like bench/round_trips.py.
+    settings = make_settings(code_lookup_limit="2/minute;100/hour", code_lookup_address_limit="50/minute")
+    hub = Hub(create_app(settings, redis_client=real_redis).test_client(), AUTH)
+    card_id, code = (c := hub.funded_card(Decimal("25")))["id"], c["redemptionCode"]
+
+    def round_trips(code: str) -> tuple[list[str], int]:
+        before = int(real_redis.info("stats")["total_reads_processed"])
+        found = search(hub, code, shopper(1))
+        return found, int(real_redis.info("stats")["total_reads_processed"]) - before - 1  # less the INFO itself
+
+    assert round_trips(code) == ([card_id], 2)  # counts and code index, then the card
+    assert round_trips(WRONG) == ([], 2)  # counts and code index, then the count
+    search(hub, WRONG, shopper(1))
+    assert round_trips(code) == ([], 1)  # throttled: the card is not read
