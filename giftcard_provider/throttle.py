@@ -246,6 +246,8 @@ class CodeLookupThrottle:
             if current not in seen:  # two limits with one window length share their counts
                 seen.add(current)
                 counted.append((check, current[0], previous[0]))
+        if not counted:  # an anonymous search with the brake off: nothing to count it against
+            return
         with _unavailable_as_503():
             pipe = self.store.redis.pipeline(transaction=False)
             for check, key, previous in counted:
