@@ -112,10 +112,12 @@ class Settings:
     max_content_length: int = 64 * 1024
     key_prefix: str = "gc"
     log_level: str = "INFO"
-    # Failed redemption-code searches allowed per client identity / per source address
-    # (limits notation, ";"-separated; "" turns that limit off). See throttle.py.
-    code_lookup_limit: str = "10/minute;50/day"
-    code_lookup_address_limit: str = "100/minute"
+    # Failed redemption-code searches allowed per shopper (whole identity) / per source address, which
+    # behind the Hub is the whole store ("N/minute", ";"-separated; "" turns that limit off); the most
+    # subjects tracked per limit window (bounds the limiter's memory). See throttle.py.
+    code_lookup_limit: str = "10/minute"
+    code_lookup_address_limit: str = ""
+    code_lookup_max_tracked: int = 10_000
     trusted_proxy_hops: int = 0  # proxies that append to X-Forwarded-For (Heroku's router: 1)
     metrics_token: str = ""  # GET /metrics wants `Authorization: Bearer <it>`; production without it: no /metrics
     api_docs: bool = True  # Swagger UI at /docs (production: off unless API_DOCS=1)
@@ -172,6 +174,7 @@ class Settings:
                 log_level=get("LOG_LEVEL", cls.log_level).upper(),
                 code_lookup_limit=get("CODE_LOOKUP_LIMIT", cls.code_lookup_limit),
                 code_lookup_address_limit=get("CODE_LOOKUP_ADDRESS_LIMIT", cls.code_lookup_address_limit),
+                code_lookup_max_tracked=int(get("CODE_LOOKUP_MAX_TRACKED", cls.code_lookup_max_tracked)),
                 trusted_proxy_hops=int(get("TRUSTED_PROXY_HOPS", cls.trusted_proxy_hops)),
                 metrics_token=metrics_token,
                 # Swagger UI is for people: on by default in development only.

@@ -28,11 +28,12 @@ only when a card is created, after the card, so they never name a missing card):
     gc:code:<hmac>                string  card id, by HMAC-SHA256 of the normalised
                                           redemption code (a dump leaks no spendable code)
     gc:owner:<profileId>          set     ids of the cards owned by a profile (id or email)
-    gc:limits:LIMITER/...                 failed code look-up counters, written by the `limits`
-                                          library (throttle.py), not by this module
-    gc:limits:throttled/<scope>/<hmac>
-                                  string  the limit that is spent (e.g. "10 per 1 minute"), while
-                                          it is: expires with the limit's window
+    gc:limits:<scope>:<seconds>:<n>
+                                  hash    failed code look-ups in window n (epoch seconds // seconds)
+                                          of a limit of that length, scope client (a shopper's whole
+                                          identity) or address: field = 16-hex HMAC of the subject,
+                                          value = its failures. At most CODE_LOOKUP_MAX_TRACKED fields;
+                                          expires at the end of window n + 1 (throttle.py)
 
 ``gc`` is the configurable ``REDIS_KEY_PREFIX``.
 """
@@ -89,9 +90,9 @@ class Keys:
     def owner_index(self, profile_id: str) -> str:
         return f"{self.prefix}:owner:{profile_id}"
 
-    def throttled(self, scope: str, subject_digest: str) -> str:
-        """Present while a client's or address's failed code look-up limit is spent (throttle.py)."""
-        return f"{self.prefix}:limits:throttled/{scope}/{subject_digest}"
+    def code_lookup_failures(self, scope: str, seconds: int, window: int) -> str:
+        """Failed code look-ups per subject in one fixed window of one limit length (throttle.py)."""
+        return f"{self.prefix}:limits:{scope}:{seconds}:{window}"
 
     def all_cards_pattern(self) -> str:
         """For operators' SCAN (verify, export): never used on a request path."""

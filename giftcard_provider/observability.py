@@ -101,7 +101,7 @@ OTHER = "other"
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 _OPERATIONS = frozenset({"debit", "credit", "settlement", "cancellation", "expiry"})
 _CONFLICT_FIELDS = frozenset({"operation", "value"})
-_INVALID_REASONS = frozenset({"invalid_amount_precision"})
+_INVALID_REASONS = frozenset({"invalid_amount", "invalid_amount_precision", "invalid_operation", "invalid_limit"})
 _REFUSAL_REASONS = frozenset(_REFUSALS)  # the ledger's refusal codes, as errors.py maps them to 422s
 
 
@@ -112,6 +112,18 @@ def _bounded(value: str, allowed: frozenset[str]) -> str:
 def http_method_label(method: str) -> str:
     return _bounded(method, HTTP_METHODS)
 
+
+CODE_LOOKUPS_UNTRACKED = Counter(
+    "giftcard_code_lookups_untracked_total",
+    "Failed code searches of a subject new to a full limit window (CODE_LOOKUP_MAX_TRACKED): not counted, "
+    "so not throttled in that window. Non-zero means a flood of new identities (client) or addresses.",
+    ["scope"],
+)
+CODE_LOOKUP_BRAKE_ALERTS = Counter(
+    "giftcard_code_lookup_brake_alerts_total",
+    "Times failed code searches from one address reached 80% of CODE_LOOKUP_ADDRESS_LIMIT, the store-wide "
+    "brake: alert on it, the brake blocks every shopper's code search once the limit is reached.",
+)
 
 _LEDGER_FUNCTIONS = {
     "gc_authorize": None,  # debit or credit: from the call's operation argument

@@ -290,24 +290,27 @@ class LedgerStore:
         """The card a redemption code names, or None. Two round trips: index, then card."""
         return self.find_by_code_unless(code, [])[1]
 
-    def find_by_code_unless(self, code: str, flag_keys: list[str]) -> tuple[list[str | None], Card | None]:
-        """Like find_by_code, but first reads `flag_keys`, with the code index in one round trip.
+    def find_by_code_unless(
+        self, code: str, counters: list[tuple[str, str]], refused=any
+    ) -> tuple[list[str | None], Card | None]:
+        """Like find_by_code, but first reads `counters` ((hash key, field) pairs), with the code index
+        in one round trip. If refused(their values) is true the card is not read (the throttle's
+        decision: throttle.py).
 
-        If any flag exists the card is not read (the throttle's flags: see throttle.py).
-        Returns (the flags' values, the card or None).
+        Returns (the counters' values, the card or None).
         """
         if not normalise(code):
-            return [None] * len(flag_keys), None
+            return [None] * len(counters), None
 
         def reads(pipe):
-            for key in flag_keys:  # one GET each, not MGET: on a cluster they live in different slots
-                pipe.get(key)
+            for key, name in counters:  # one HGET each: on a cluster the hashes live in different slots
+                pipe.hget(key, name)
             pipe.get(self.keys.code_index(self.hasher.digest(code)))
 
-        *flags, card_id = self._pipeline(reads)
-        if any(flags) or not card_id:
-            return flags, None
-        return flags, self.card(card_id)
+        *values, card_id = self._pipeline(reads)
+        if refused(values) or not card_id:
+            return values, None
+        return values, self.card(card_id)
 
     def cards_of(self, identities: set[str]) -> list[Card]:
         """Cards owned by any of the identities (client id, email), oldest first."""

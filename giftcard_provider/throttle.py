@@ -1,23 +1,41 @@
 """Throttling of failed redemption-code look-ups in POST /giftcards/_search.
 
-A search with a code that names no usable card is a failure; failures are
-counted per client identity (``client.id`` and ``client.email``, each one) and
-per source address, with the `limits` library's moving window on the app's own
-Redis (same connection pool, so the same timeouts; keys under
-``<REDIS_KEY_PREFIX>:limits:``, identities stored as keyed hashes).
+A search with a code that names no usable card is a failure. Who may be throttled for it:
 
-Once a limit is spent, code searches from that client or address answer ``[]``
-*without looking the code up*, exactly like a wrong code: a guesser cannot tell
-that it is throttled, and even a right guess finds nothing until the window has
-moved on. Each throttled search logs a warning and counts in
-``giftcard_code_lookups_throttled_total``. (Why not 429: the caller is VTEX's
-Hub, not the guesser; [] is the protocol's answer for "no usable card" and
-keeps checkout's flow intact, while a 429 would hand the Hub an error it has no
-documented handling for, and tell a guesser what is happening.)
+* the shopper, identified by the *whole* identity the Hub sends (``client.id``,
+  ``client.email`` and ``client.document`` together, normalised like owners are).
+  Failures under (another id, the victim's e-mail) land in another bucket than
+  (the victim's id, the victim's e-mail), so nobody can spend a shopper's limit
+  without sending that shopper's whole identity. A search naming no identity is
+  not limited per shopper: nothing tells anonymous shoppers apart, and one shared
+  bucket would let one guesser block all of them.
+* optionally the source address (CODE_LOOKUP_ADDRESS_LIMIT, off by default).
+  Behind the Hub every search comes from VTEX's few addresses, so this is a
+  store-wide brake: when it engages, every shopper's code search fails. It logs
+  a warning (and counts an alert) once failures reach ALERT_SHARE of it, before
+  it blocks anything.
 
-If Redis fails, the limiter does not fail open: the search answers 503 like
-any other request whose store is unavailable (the ledger lives on the same
-Redis, so nothing that could have succeeded is lost).
+The identity is the caller's word: the per-shopper limit only slows a guesser who
+keeps one identity; one who invents a new identity per guess is never throttled.
+The real defence is the codes themselves (about 98 bits of entropy: codes.py).
+
+Bounded state: failures are counted in fixed windows, one Redis hash per (scope,
+window length, window number), fields = a 16-hex keyed hash of the subject, values
+= its failures in that window. A hash lives two windows (the current one is read
+with the previous one to estimate a sliding window), and holds at most
+CODE_LOOKUP_MAX_TRACKED subjects: a new subject beyond that is not tracked (its
+field is removed again), so it is never throttled in that window, which gives a
+flood of new identities nothing that fresh identities would not give it anyway.
+The README states the bytes this keeps.
+
+Once a limit is spent, code searches of that subject answer ``[]`` *without looking
+the code up*, exactly like a wrong code: a guesser cannot tell that it is throttled.
+(Why not 429: the caller is VTEX's Hub, not the guesser; [] is the protocol's answer
+for "no usable card" and keeps checkout's flow intact.) Logs name subjects by their
+keyed hash only, never by e-mail, id, document or address.
+
+If Redis fails, the limiter does not fail open: the search answers 503 like any
+other request whose store is unavailable.
 """
 
 from __future__ import annotations
@@ -25,35 +43,50 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
+import math
+import re
+import time
 from dataclasses import dataclass
 
 import redis
 from flask import current_app, g, request
-from limits import RateLimitItem, parse_many
-from limits.errors import StorageError
-from limits.storage import RedisStorage
-from limits.strategies import MovingWindowRateLimiter
 
 from . import observability
 from .config import ConfigError, Settings
+from .connection import UNAVAILABLE
 from .errors import StoreUnavailable
 from .keys import Keys
 from .store import LedgerStore
 
 log = logging.getLogger(__name__)
 
-ANONYMOUS = "-"  # the one bucket shared by code searches that name no client
+ALERT_SHARE = 0.8  # the store-wide brake warns once failures reach this share of its limit
+SUBJECT_HEX = 16  # 64 bits of HMAC: no accidental collision among the few thousand subjects of a window
+_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_LIMIT = re.compile(r"\s*(\d+)\s*(?:/|\s+per\s+)\s*(\d*)\s*(second|minute|hour|day)s?\s*", re.IGNORECASE)
 
 
-def parse_limits(name: str, text: str) -> list[RateLimitItem]:
-    """ "10/minute;50/day" -> limit items; "" -> no limit of that kind."""
-    if not text.strip():
-        return []
-    try:
-        return parse_many(text)
-    except ValueError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
+@dataclass(frozen=True)
+class Limit:
+    """At most `count` failures per `seconds` (a sliding window estimated from two fixed ones)."""
+
+    count: int
+    seconds: int
+    text: str  # as configured, for logs: "10/minute"
+
+
+def parse_limits(name: str, text: str) -> list[Limit]:
+    """ "10/minute;50/day" (also "10 per 2 minutes") -> limits; "" -> none of that kind."""
+    limits = []
+    for part in filter(str.strip, re.split(r"[;,]", text)):
+        match = _LIMIT.fullmatch(part)
+        if not match or int(match[1]) < 1 or match[2] == "0":
+            raise ConfigError(f"{name}: {part.strip()!r} is not N/second|minute|hour|day (N >= 1)")
+        seconds = int(match[2] or 1) * _UNITS[match[3].lower()]
+        limits.append(Limit(int(match[1]), seconds, part.strip()))
+    return limits
 
 
 def source_address(trusted_hops: int) -> str:
@@ -63,7 +96,7 @@ def source_address(trusted_hops: int) -> str:
         forwarded = [a.strip() for a in request.headers.get("X-Forwarded-For", "").split(",") if a.strip()]
         if len(forwarded) >= trusted_hops:
             return forwarded[-trusted_hops]
-    return request.remote_addr or ANONYMOUS
+    return request.remote_addr or "-"
 
 
 @contextlib.contextmanager
@@ -71,50 +104,67 @@ def _unavailable_as_503():
     """Fail closed: a limiter that cannot count answers 503, like the ledger."""
     try:
         yield
-    except (StorageError, redis.RedisError) as exc:
-        cause = exc.storage_error if isinstance(exc, StorageError) else exc
-        observability.redis_error("limiter", cause)
-        log.warning("rate limiter store unavailable: %s", type(cause).__name__)
-        raise StoreUnavailable(f"the rate limiter store is unavailable ({type(cause).__name__})") from exc
+    except (redis.RedisError, *UNAVAILABLE) as exc:
+        observability.redis_error("limiter", exc)
+        log.warning("rate limiter store unavailable: %s", type(exc).__name__)
+        raise StoreUnavailable(f"the rate limiter store is unavailable ({type(exc).__name__})") from exc
+
+
+@dataclass(frozen=True)
+class Check:
+    """One limit of one subject: scope ("client" or "address"), its keyed hash, the limit."""
+
+    scope: str
+    subject: str
+    limit: Limit
 
 
 @dataclass
 class CodeLookup:
-    """One code search: the subjects it is counted against, and what it found."""
+    """One code search: the limits it is checked and counted against, at one instant."""
 
     throttle: CodeLookupThrottle
-    identities: set[str]
-    address: str
-    subjects: list[tuple[str, str]]  # (scope, hashed identity)
+    checks: list[Check]
+    now: float
     throttled: bool = False
 
     @property
-    def flag_keys(self) -> list[str]:
-        """Keys that exist while a subject's limit is spent; read with the code index, one round trip."""
-        return [self.throttle.flag_key(scope, key) for scope, key in self.subjects]
+    def counters(self) -> list[tuple[str, str]]:
+        """(hash key, field) of each check's current and previous window: read with the code index."""
+        return [cell for c in self.checks for cell in self.throttle.cells(c, self.now)]
 
-    def refuse(self, flags: list[str | None]) -> None:
-        """The look-up was not made: log and count which limit is spent."""
+    def spent(self, counts: list[str | None]) -> Check | None:
+        """The first check whose limit the counts (as `counters` read them) have spent, or None."""
+        for i, check in enumerate(self.checks):
+            current, previous = (int(v or 0) for v in counts[2 * i : 2 * i + 2])
+            if _estimate(current, previous, check.limit, self.now) >= check.limit.count:
+                return check
+        return None
+
+    def over_limit(self, counts: list[str | None]) -> bool:
+        return self.spent(counts) is not None
+
+    def refuse(self, counts: list[str | None]) -> None:
+        """The look-up was not made: log and count which limit is spent (subjects by keyed hash only)."""
+        check = self.spent(counts)
         self.throttled = True
-        (scope, _), spent = next((s, f) for s, f in zip(self.subjects, flags, strict=True) if f)
         observability.CODE_LOOKUPS.labels("throttled").inc()
-        observability.CODE_LOOKUPS_THROTTLED.labels(scope).inc()
+        observability.CODE_LOOKUPS_THROTTLED.labels(check.scope).inc()
         g.code_lookup = "throttled"
         log.warning(
             "code look-up throttled",
             extra={
                 "fields": {
-                    "scope": scope,
-                    "limit": spent,
-                    "clients": sorted(self.identities),
-                    "address": self.address,
+                    "scope": check.scope,
+                    "subject": check.subject,
+                    "limit": check.limit.text,
                     "request_id": g.get("request_id"),
                 }
             },
         )
 
     def finish(self, found: bool) -> None:
-        """Record the look-up's result; a failure spends one unit of every limit."""
+        """Record the look-up's result; a failure counts against every limit of the search."""
         if self.throttled:
             return
         if found:
@@ -123,18 +173,23 @@ class CodeLookup:
             return
         observability.CODE_LOOKUPS.labels("not_found").inc()
         g.code_lookup = "not_found"
-        self.throttle.spend(self.subjects)
+        self.throttle.count_failure(self.checks, self.now)
+
+
+def _estimate(current: int, previous: int, limit: Limit, now: float) -> float:
+    """Failures in the last `limit.seconds`: the current fixed window's, plus the previous one's
+    share that still overlaps the sliding window (failures assumed spread evenly over it)."""
+    elapsed = (now % limit.seconds) / limit.seconds
+    return current + previous * (1 - elapsed)
 
 
 class CodeLookupThrottle:
-    """Counts failed look-ups with `limits`; a spent limit raises a flag key for its window.
+    """Counts failed look-ups in bounded per-window hashes on the ledger's own Redis client.
 
-    Why the flag: checking every moving window before each look-up costs one
-    round trip per limit and identity (five by default), on every checkout's
-    code search. The flag makes the check one MGET that rides with the code
-    index read, so a look-up costs two round trips; only failures pay for the
-    counters. A flag lasts one whole window, so a throttled subject waits at
-    most one window longer than the moving window alone would make it.
+    Cost: the counts a search needs ride in the pipeline that reads the code index
+    (one HGET per window, not MGET: on a cluster each hash lives in its own slot),
+    so a look-up stays two round trips; only a failure pays one more, to count it,
+    and a failure beyond the tracking cap one more again, to forget it.
     """
 
     def __init__(self, store: LedgerStore, settings: Settings):
@@ -143,48 +198,114 @@ class CodeLookupThrottle:
             "client": parse_limits("CODE_LOOKUP_LIMIT", settings.code_lookup_limit),
             "address": parse_limits("CODE_LOOKUP_ADDRESS_LIMIT", settings.code_lookup_address_limit),
         }
+        if settings.code_lookup_max_tracked < 1:
+            raise ConfigError("CODE_LOOKUP_MAX_TRACKED must be at least 1")
+        self.max_tracked = settings.code_lookup_max_tracked
         self.trusted_hops = settings.trusted_proxy_hops
         self._secret = settings.code_hash_secret.encode()
         self._keys = Keys(settings.key_prefix)
-        self._limiter: MovingWindowRateLimiter | None = None
-        for scope, items in self.limits.items():
-            if not items:
-                log.warning("failed code look-ups are not limited per %s (its limit setting is empty)", scope)
+        self._full: dict[tuple[str, int], str] = {}  # (scope, seconds) -> the last window hash found full
+        if not self.limits["client"]:
+            log.warning("failed code look-ups are not limited per shopper (CODE_LOOKUP_LIMIT is empty)")
 
-    @property
-    def limiter(self) -> MovingWindowRateLimiter:
-        """`limits` on the ledger's own client, made on first use (the client may not exist before)."""
-        if self._limiter is None:
-            client = self.store.redis
-            storage = RedisStorage(
-                "redis://", key_prefix=f"{self.store.keys.prefix}:limits", wrap_exceptions=True
-            )  # the URL is never used: the client is replaced just below
-            # limits would open a client of its own from a URL; the ledger's has the timeouts,
-            # the retry budget and, on a cluster, the slot map. Its scripts are single-key.
-            storage.storage = client
-            storage.initialize_storage("")
-            self._limiter = MovingWindowRateLimiter(storage)
-        return self._limiter
+    def subject(self, scope: str, *parts: str) -> str:
+        """The keyed hash that stands for a shopper or address in Redis and in the logs."""
+        message = json.dumps([scope, *parts]).encode()  # unambiguous: ("a", "b c") != ("a b", "c")
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:SUBJECT_HEX]
 
-    def _hashed(self, value: str) -> str:
-        return hmac.new(self._secret, value.encode(), hashlib.sha256).hexdigest()[:32]
+    def begin(self, client_id: str, email: str, document: str) -> CodeLookup:
+        """The limits one code search is checked against (no Redis call: see CodeLookup.counters).
 
-    def flag_key(self, scope: str, hashed: str) -> str:
-        return self._keys.throttled(scope, hashed)
+        The identity parts arrive normalised (e-mails lower-cased, blanks stripped); all
+        three empty is an anonymous search, limited only by the store-wide brake if set.
+        """
+        checks = []
+        if client_id or email or document:
+            shopper = self.subject("client", client_id, email, document)
+            checks += [Check("client", shopper, limit) for limit in self.limits["client"]]
+        if self.limits["address"]:
+            address = self.subject("address", source_address(self.trusted_hops))
+            checks += [Check("address", address, limit) for limit in self.limits["address"]]
+        return CodeLookup(self, checks, time.time())
 
-    def begin(self, identities: set[str]) -> CodeLookup:
-        """The subjects of one code search (no Redis call: see CodeLookup.flag_keys)."""
-        address = source_address(self.trusted_hops)
-        subjects = [("client", self._hashed(i)) for i in sorted(identities) or [ANONYMOUS]]
-        subjects.append(("address", self._hashed(address)))
-        return CodeLookup(self, identities, address, subjects)
+    def cells(self, check: Check, now: float) -> tuple[tuple[str, str], tuple[str, str]]:
+        """(key, field) of the check's subject in the current and the previous window."""
+        window = int(now // check.limit.seconds)
+        key = self._keys.code_lookup_failures
+        return (
+            (key(check.scope, check.limit.seconds, window), check.subject),
+            (key(check.scope, check.limit.seconds, window - 1), check.subject),
+        )
 
-    def spend(self, subjects: list[tuple[str, str]]) -> None:
+    def count_failure(self, checks: list[Check], now: float) -> None:
+        """One failure for every check's subject: HINCRBY in the current window's hash, which
+        expires at the end of the next window (read as the previous one until then)."""
+        seen, counted = set(), []
+        for check in checks:
+            current, previous = self.cells(check, now)
+            if current not in seen:  # two limits with one window length share their counts
+                seen.add(current)
+                counted.append((check, current[0], previous[0]))
+        if not counted:  # an anonymous search with the brake off: nothing to count it against
+            return
         with _unavailable_as_503():
-            for scope, key in subjects:
-                for item in self.limits[scope]:
-                    if not self.limiter.hit(item, scope, key) or not self.limiter.test(item, scope, key):
-                        self.store.redis.set(self.flag_key(scope, key), str(item), ex=item.get_expiry())
+            pipe = self.store.redis.pipeline(transaction=False)
+            for check, key, previous in counted:
+                pipe.hincrby(key, check.subject, 1)
+                # Absolute, and repeated by every failure: a lost EXPIREAT is healed by the next one.
+                pipe.expireat(key, (int(now // check.limit.seconds) + 2) * check.limit.seconds)
+                pipe.hlen(key)
+                pipe.hget(previous, check.subject)
+            replies = pipe.execute()
+            forget = []
+            for i, (check, key, _) in enumerate(counted):
+                count, _, size, previous_count = replies[4 * i : 4 * i + 4]
+                if count == 1 and size > self.max_tracked:
+                    forget.append((check, key))
+                elif check.scope == "address":
+                    self._alert_before_brake(check, now, count, int(previous_count or 0))
+            if forget:
+                self._forget(forget)
+
+    def _forget(self, forget: list[tuple[Check, str]]) -> None:
+        """Subjects new to a full window hash are not tracked: remove the field just made."""
+        pipe = self.store.redis.pipeline(transaction=False)
+        for check, key in forget:
+            pipe.hdel(key, check.subject)
+        pipe.execute()
+        for check, key in forget:
+            observability.CODE_LOOKUPS_UNTRACKED.labels(check.scope).inc()
+            window = (check.scope, check.limit.seconds)
+            if self._full.get(window) != key:  # say so once per window and process, not per search
+                self._full[window] = key
+                log.warning(
+                    "code look-up tracking full: new subjects are not throttled in this window",
+                    extra={"fields": {"scope": check.scope, "key": key, "max_tracked": self.max_tracked}},
+                )
+
+    def _alert_before_brake(self, check: Check, now: float, count: int, previous: int) -> None:
+        """Warn when this failure takes the store-wide brake's estimate up to ALERT_SHARE of its limit.
+
+        The estimate moves up only by failures, one at a time, and the brake blocks only once
+        it reaches the limit, so this warning comes before the first blocked search (for
+        limits under 5 a single failure may cross both: the warning still comes first).
+        """
+        threshold = max(1, math.ceil(ALERT_SHARE * check.limit.count))
+        after = _estimate(count, previous, check.limit, now)
+        if after - 1 < threshold <= after:
+            observability.CODE_LOOKUP_BRAKE_ALERTS.inc()
+            log.warning(
+                "code look-up brake near: failed code searches from one address approach its limit",
+                extra={
+                    "fields": {
+                        "scope": check.scope,
+                        "subject": check.subject,
+                        "limit": check.limit.text,
+                        "failures": round(after, 1),
+                        "request_id": g.get("request_id"),
+                    }
+                },
+            )
 
 
 def code_lookups() -> CodeLookupThrottle:

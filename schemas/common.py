@@ -11,6 +11,12 @@ from giftcard_provider.money import Amount
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+# Caps on the shopper identity fields a body may carry (longer: 400): they are hashed, compared
+# and, for owners, stored, so none may be unbounded. 254 is the longest address SMTP can carry.
+MAX_EMAIL = 254
+MAX_ID = 128  # client ids and documents (CPF/CNPJ, tax ids)
+MAX_NAME = 200
+
 
 class RequestSchema(Schema):
     """Base of every request body: unknown fields are dropped, not refused."""

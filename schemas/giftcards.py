@@ -8,13 +8,13 @@ from marshmallow import Schema, ValidationError, fields, validate, validates, va
 
 from giftcard_provider.money import UnknownCurrency, exponent_of
 
-from .common import EpochMs, HrefSchema, MoneyField, RequestSchema, non_empty
+from .common import MAX_EMAIL, MAX_ID, EpochMs, HrefSchema, MoneyField, RequestSchema, non_empty
 
 
 class SearchClientSchema(RequestSchema):
-    id = fields.String(allow_none=True)
-    email = fields.String(allow_none=True)
-    document = fields.String(allow_none=True)
+    id = fields.String(allow_none=True, validate=validate.Length(max=MAX_ID))
+    email = fields.String(allow_none=True, validate=validate.Length(max=MAX_EMAIL))
+    document = fields.String(allow_none=True, validate=validate.Length(max=MAX_ID))
 
 
 class SearchItemSchema(RequestSchema):

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from .common import EpochMs, HrefSchema, MoneyField, RequestSchema, ignored, non_empty
+from .common import MAX_EMAIL, MAX_ID, MAX_NAME, EpochMs, HrefSchema, MoneyField, RequestSchema, ignored, non_empty
 
 REQUEST_ID = [validate.Length(min=1, max=128), non_empty]
 
 
 class ClientProfileSchema(RequestSchema):
-    email = fields.String(allow_none=True)
-    document = fields.String(allow_none=True)
-    firstName = fields.String(allow_none=True)
-    lastName = fields.String(allow_none=True)
+    email = fields.String(allow_none=True, validate=validate.Length(max=MAX_EMAIL))
+    document = fields.String(allow_none=True, validate=validate.Length(max=MAX_ID))
+    firstName = fields.String(allow_none=True, validate=validate.Length(max=MAX_NAME))
+    lastName = fields.String(allow_none=True, validate=validate.Length(max=MAX_NAME))
     phone = ignored("string")
     birthDate = ignored("string")
     isCorporate = ignored("boolean")

@@ -69,11 +69,12 @@ class Search(MethodView):
         identities = identities_of(client.get("id"), client.get("email"), client.get("document"))
         code = cart.get("redemptionCode")
         if code and code.strip():
-            # Failed look-ups are limited per client and address; a throttled one finds nothing (throttle.py).
-            lookup = code_lookups().begin(identities)
-            flags, card = ledger().find_by_code_unless(code, lookup.flag_keys)
-            if any(flags):
-                lookup.refuse(flags)
+            # Failed look-ups are limited per shopper (the whole identity sent); a throttled one finds nothing.
+            who = (normalise_identity(client.get(part)) for part in ("id", "email", "document"))
+            lookup = code_lookups().begin(*who)
+            counts, card = ledger().find_by_code_unless(code, lookup.counters, lookup.over_limit)
+            if lookup.over_limit(counts):
+                lookup.refuse(counts)
             cards = [card] if card and card.visible_to(identities) and card.usable else []
             lookup.finish(found=bool(cards))
         else:
