@@ -633,7 +633,7 @@ def verify(card_id, as_json):
     cards left unreachable by an interrupted creation (no money: not a failure).
     """
     store = _store()
-    report = verify_store(store.redis, store.keys, card_id)
+    report = verify_store(store.redis, store.keys, card_id, store.library)
     checked, failed, dangling, unreachable = report.checked, report.failed, report.dangling, report.unreachable
     ok = not report.problems
     if as_json:

@@ -22,6 +22,9 @@ APP_ENVS = ("development", "production")
 # `openssl rand -hex 16` makes 32.
 MIN_TOKEN_LENGTH = 16  # PROVIDER_API_APP_TOKEN, the tokens of PROVIDER_API_EXTRA_CREDENTIALS, METRICS_TOKEN
 MIN_CODE_HASH_SECRET_LENGTH = 32
+# The ledger counts minor units in Lua numbers (doubles, exact below 2**53), and a currency may have
+# 4 decimals: the money ceilings stay below 2**53 / 10**4 major units.
+MAX_CEILING = Decimal(2**53) / 10**4
 
 
 class ConfigError(RuntimeError):
@@ -46,6 +49,13 @@ def _pairs(text: str) -> list[tuple[str, str]]:
             raise ConfigError(f"PROVIDER_API_EXTRA_CREDENTIALS: expected key:token, got {item!r}")
         pairs.append((key, token))
     return pairs
+
+
+def _ceiling(name: str, text: str) -> Decimal:
+    value = Decimal(text)
+    if not 0 < value <= MAX_CEILING:
+        raise ConfigError(f"{name} must be positive and at most {MAX_CEILING:f} (exact in the ledger), not {text}")
+    return value
 
 
 def _app_env(env) -> str:
@@ -167,8 +177,10 @@ class Settings:
                 hold_lifetime_seconds=int(get("HOLD_LIFETIME_SECONDS", cls.hold_lifetime_seconds)),
                 card_validity_days=int(get("CARD_VALIDITY_DAYS", cls.card_validity_days)),
                 code_hash_secret=secret or cls.code_hash_secret,
-                max_transaction_amount=Decimal(get("MAX_TRANSACTION_AMOUNT", cls.max_transaction_amount)),
-                max_card_balance=Decimal(get("MAX_CARD_BALANCE", cls.max_card_balance)),
+                max_transaction_amount=_ceiling(
+                    "MAX_TRANSACTION_AMOUNT", get("MAX_TRANSACTION_AMOUNT", str(cls.max_transaction_amount))
+                ),
+                max_card_balance=_ceiling("MAX_CARD_BALANCE", get("MAX_CARD_BALANCE", str(cls.max_card_balance))),
                 max_content_length=int(get("MAX_CONTENT_LENGTH", cls.max_content_length)),
                 key_prefix=get("REDIS_KEY_PREFIX", cls.key_prefix),
                 log_level=get("LOG_LEVEL", cls.log_level).upper(),

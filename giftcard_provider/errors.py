@@ -83,7 +83,7 @@ def raise_for_reply(reply: list, what: str = "gift card") -> tuple[bool, list]:
         raise Conflict(f"requestId was already used with a different {field}", field=field)
     if status == "invalid_amount_precision":
         currency, exponent = (_text(v) for v in reply[1:3])
-        message = decimals_message(currency, int(exponent))
+        message = decimals_message(currency, int(exponent)) if exponent.isdigit() else "value is too precise"
         raise InvalidRequest(message, code="invalid_amount", errors={"json": {"value": [message + "."]}})
     if status == "invalid_amount":
         raise InvalidRequest(

@@ -86,28 +86,36 @@ class Library:
         return set(replies.values())
 
 
-def installed_libraries(client) -> list[str]:
-    """Names of the ledger libraries loaded in Redis, every release's (on a cluster: any primary's)."""
+def _libraries_by_node(client) -> list[tuple[object, set[str]]]:
+    """(node, the ledger libraries loaded there) for each primary (one server: node None)."""
     nodes = client.get_primaries() if is_cluster(client) else [None]
-    names: set[str] = set()
+    found = []
     for node in nodes:
         listing = client.execute_command("FUNCTION LIST", target_nodes=node) if node else client.function_list()
-        names.update(_library_name(entry) for entry in listing)
-    return sorted(n for n in names if n and n.startswith(LIBRARY_PREFIX))
+        names = {_library_name(entry) for entry in listing}
+        found.append((node, {n for n in names if n and n.startswith(LIBRARY_PREFIX)}))
+    return found
+
+
+def installed_libraries(client) -> list[str]:
+    """Names of the ledger libraries loaded in Redis, every release's (on a cluster: on any primary)."""
+    return sorted(set().union(*(names for _, names in _libraries_by_node(client))))
 
 
 def prune_libraries(client, keep: Library) -> list[str]:
-    """Delete every other release's ledger library (on every primary). Returns their names.
+    """Delete every other release's ledger library, on each primary that has it. Returns their names.
 
     Safe while an older release still runs: its next call finds its functions
     missing and loads them again."""
-    pruned = [name for name in installed_libraries(client) if name != keep.name]
-    for name in pruned:
-        if is_cluster(client):
-            client.execute_command("FUNCTION DELETE", name, target_nodes=RedisCluster.PRIMARIES)
-        else:
-            client.function_delete(name)
-    return pruned
+    pruned: set[str] = set()
+    for node, names in _libraries_by_node(client):
+        for name in sorted(names - {keep.name}):
+            if node is None:
+                client.function_delete(name)
+            else:
+                client.execute_command("FUNCTION DELETE", name, target_nodes=node)
+            pruned.add(name)
+    return sorted(pruned)
 
 
 def _library_name(entry) -> str | None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import redis
 
 from .keys import Keys
-from .ledger_library import RELEASE
+from .ledger_library import RELEASE, Library
 
 # Journal kind -> (change of available, change of held), per unit of `amount`.
 DELTAS = {
@@ -42,9 +42,9 @@ def _sum(records: list[str]) -> int:
     return sum(int(r.split("|")[1]) for r in records)
 
 
-def verify_card(client: redis.Redis, keys: Keys, card_id: str) -> list[str]:
+def verify_card(client: redis.Redis, keys: Keys, card_id: str, library: Library = RELEASE) -> list[str]:
     """Every inconsistency found on one card, as sentences; [] means the card is sound."""
-    return _check_card(client, keys, card_id)[0]
+    return _check_card(client, keys, card_id, library)[0]
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class _Snapshot:
     transactions: dict[str, tuple[dict[str, str], list[str], list[str]]]  # id -> (fields, settlements, cancels)
 
     @classmethod
-    def read(cls, client, keys: Keys, card_id: str) -> _Snapshot | None:
+    def read(cls, client, keys: Keys, card_id: str, library: Library) -> _Snapshot | None:
         call_keys = [
             keys.card(card_id),
             keys.transactions(card_id),
@@ -66,7 +66,7 @@ class _Snapshot:
             keys.journal(card_id),
             keys.holds(card_id),
         ]
-        reply = RELEASE.call(client, "gc_read_ledger", call_keys, [], readonly=True)
+        reply = library.call(client, "gc_read_ledger", call_keys, [], readonly=True)
         if reply[0] == "not_found":
             return None
         _, card, journal, holding, requests, *txs = reply
@@ -83,9 +83,9 @@ def _pairs(flat: list) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def _check_card(client: redis.Redis, keys: Keys, card_id: str) -> tuple[list[str], bool]:
+def _check_card(client: redis.Redis, keys: Keys, card_id: str, library: Library) -> tuple[list[str], bool]:
     """(verify_card's problems, whether the card is unreachable: see unreachable_cards)."""
-    snapshot = _Snapshot.read(client, keys, card_id)
+    snapshot = _Snapshot.read(client, keys, card_id, library)
     if snapshot is None:
         return [f"card {card_id}: not found"], False
     card = snapshot.card
@@ -157,7 +157,7 @@ class Report:
         return [p for problems in self.failed.values() for p in problems] + self.dangling
 
 
-def verify_store(client: redis.Redis, keys: Keys, card_id: str | None = None) -> Report:
+def verify_store(client: redis.Redis, keys: Keys, card_id: str | None = None, library: Library = RELEASE) -> Report:
     """One card, or every card (by SCAN) and then every index entry.
 
     Unreachable cards are those whose creation stopped before their indexes were
@@ -168,7 +168,7 @@ def verify_store(client: redis.Redis, keys: Keys, card_id: str | None = None) ->
     report = Report()
     for cid in [card_id] if card_id else card_ids(client, keys):
         report.checked += 1
-        problems, unreachable = _check_card(client, keys, cid)
+        problems, unreachable = _check_card(client, keys, cid, library)
         if problems:
             report.failed[cid] = problems
         if unreachable and not card_id:

@@ -18,6 +18,14 @@ MAX_ID = 128  # client ids and documents (CPF/CNPJ, tax ids)
 MAX_NAME = 200
 
 
+def owner_length(value: str) -> None:
+    """A card's owner is an e-mail address or a client id / document: the same caps as the identities
+    a search or a transaction names, so every owner can be named by one."""
+    limit = MAX_EMAIL if "@" in value else MAX_ID
+    if len(value.strip()) > limit:
+        raise ValidationError(f"Longer than {limit} characters.")
+
+
 class RequestSchema(Schema):
     """Base of every request body: unknown fields are dropped, not refused."""
 

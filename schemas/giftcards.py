@@ -8,7 +8,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates, va
 
 from giftcard_provider.money import UnknownCurrency, exponent_of
 
-from .common import MAX_EMAIL, MAX_ID, EpochMs, HrefSchema, MoneyField, RequestSchema, non_empty
+from .common import MAX_EMAIL, MAX_ID, EpochMs, HrefSchema, MoneyField, RequestSchema, non_empty, owner_length
 
 
 class SearchClientSchema(RequestSchema):
@@ -60,7 +60,7 @@ class CreateCardRequestSchema(RequestSchema):
 
     relationName = fields.String(required=True, validate=[validate.Length(max=100), non_empty])
     caption = fields.String(required=True, validate=validate.Length(max=200))
-    profileId = fields.String(required=True, validate=[validate.Length(max=200), non_empty])
+    profileId = fields.String(required=True, validate=[owner_length, non_empty])
     emissionDate = fields.AwareDateTime(default_timezone=UTC)
     expiringDate = fields.AwareDateTime(default_timezone=UTC)
     restrictedToOwner = fields.Boolean(load_default=False)

@@ -159,6 +159,8 @@ INVALID_FIELDS = [
     ({"multipleRedemptions": []}, "multipleRedemptions"),
     ({"multipleCredits": {}}, "multipleCredits"),
     ({"relationName": "x" * 101}, "relationName"),
+    ({"profileId": "x" * 129}, "profileId"),  # longer than any client id or document a search can name
+    ({"profileId": "x" * 243 + "@example.com"}, "profileId"),  # 255 > 254, the longest e-mail address
 ]
 
 

@@ -16,7 +16,7 @@ from redis.cluster import RedisCluster
 from giftcard_provider import create_app
 from giftcard_provider.cli import expire_all_holds
 from giftcard_provider.config import ConfigError, Settings
-from giftcard_provider.ledger_library import RELEASE
+from giftcard_provider.ledger_library import RELEASE, Library
 
 from .conftest import APP_KEY, APP_TOKEN, make_settings
 from .hub import Hub
@@ -130,3 +130,14 @@ def test_redis_cluster_switch(value, expected):
 def test_cluster_settings_that_cannot_work_are_refused(env):
     with pytest.raises(ConfigError, match="REDIS_CLUSTER"):
         Settings.from_env({"APP_ENV": "development", **env})
+
+
+def test_pruning_reaches_each_primary_that_has_an_old_library(cluster_redis, app):
+    """A primary restarted without persistence lost an old release's library that the others kept:
+    prune deletes it where it is, and does not stumble where it is not."""
+    store = app.extensions["giftcard_provider"]["store"]
+    older = Library(RELEASE.source + "\n-- an older release\n")
+    one = cluster_redis.get_primaries()[0]
+    cluster_redis.get_redis_connection(one).function_load(older.code)
+    assert store.libraries() == (sorted([older.name, RELEASE.name]), [])
+    assert store.libraries(prune=True) == ([RELEASE.name], [older.name])

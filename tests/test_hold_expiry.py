@@ -191,3 +191,15 @@ def test_the_sweeper_releases_a_backlog_in_batches(short):
     past_deadline()
     assert [store.expire_holds(card["id"], batch=2) for _ in range(4)] == [2, 2, 1, 0]
     assert hub.balance(card["id"]) == 10
+
+
+def test_a_due_entry_whose_transaction_disagrees_never_stalls_the_sweeper(hub, store):
+    """A hold-deadline entry edited by hand to look due: it is put back at its transaction's real
+    deadline, nothing is released, and the sweeper's loop ends."""
+    card = hub.funded_card(Decimal("10"), currencyCode="BRL")
+    tx = hub.debit(card["id"], Decimal("4"))
+    store.redis.zadd(store.keys.holds(card["id"]), {tx: 1})
+    assert store.expire_holds(card["id"]) == 0
+    deadline = int(store.redis.hget(store.keys.transaction(card["id"], tx), "holdDeadlineMs"))
+    assert store.redis.zscore(store.keys.holds(card["id"]), tx) == deadline
+    assert hub.balance(card["id"]) == 6

@@ -576,3 +576,32 @@ def test_settling_or_cancelling_a_transaction_of_unknown_operation_changes_nothi
         refused = assert_rejected(store.redis, lambda p=path: hub.post(p, {"value": 1, "requestId": "r-x"}), 400)
         assert refused["code"] == "invalid_request"
     store.redis.hset(store.keys.transaction(card["id"], tx), "operation", "Debit")  # repaired for verify
+
+
+def test_the_ledger_refuses_amounts_it_could_not_count_exactly(hub, store):
+    """What Python never sends, the ledger still refuses: a fractional coefficient, infinity, and
+    amounts beyond 2**53 minor units, where Lua's doubles stop being exact."""
+    card = hub.funded_card(Decimal("10"))
+    keys = [
+        store.keys.card(card["id"]),
+        store.keys.transactions(card["id"]),
+        store.keys.requests(card["id"]),
+        store.keys.journal(card["id"]),
+        store.keys.holds(card["id"]),
+        store.keys.transaction(card["id"], "t1"),
+    ]
+    for coefficient, scale in (("1.5", "0"), ("1e400", "0"), (str(2**53), "0"), (str(2**52), "0"), ("0", "0")):
+        args = ["t1", "Credit", coefficient, scale, "r-exact", "", "1000", "", ""]
+        with unchanged(store.redis):
+            assert store.library.call(store.redis, "gc_authorize", keys, args) == ["invalid_amount"], coefficient
+
+
+def test_settling_a_transaction_whose_card_is_gone_is_not_found(hub, store):
+    card = hub.funded_card(Decimal("10"))
+    tx = hub.debit(card["id"], Decimal("4"))
+    saved = store.redis.hgetall(store.keys.card(card["id"]))
+    store.redis.delete(store.keys.card(card["id"]))  # removed by hand under its hold
+    for kind in ("settlements", "cancellations"):
+        path = f"/giftcards/{card['id']}/transactions/{tx}/{kind}"
+        assert_rejected(store.redis, lambda p=path: hub.post(p, {"value": 1, "requestId": "r-gone"}), 404, "not_found")
+    store.redis.hset(store.keys.card(card["id"]), mapping=saved)  # back, for verify

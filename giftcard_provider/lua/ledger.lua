@@ -51,16 +51,19 @@ local function int(n)
   return string.format('%d', n)
 end
 
+local EXACT = 2 ^ 53  -- Lua numbers are doubles: integers below this are exact
+
 -- The amount in minor units, or nil and the refusal: "invalid_amount" (not a
--- positive amount) or "invalid_amount_precision" (finer than the currency).
--- The coefficient is converted only when the scale fits the currency (at most
--- 4), where the Python side has capped it far below 2^53.
+-- positive whole coefficient, or too large to be exact) or
+-- "invalid_amount_precision" (finer than the currency). The coefficient is
+-- converted only when the scale fits the currency (at most 4 decimals).
 local function to_minor(coefficient, scale, exponent)
   local c, s, e = tonumber(coefficient), tonumber(scale), tonumber(exponent)
   if not c or not s or c <= 0 or s < 0 or s ~= math.floor(s) then return nil, 'invalid_amount' end
   if s > e then return nil, 'invalid_amount_precision' end
+  if c ~= math.floor(c) or c >= EXACT then return nil, 'invalid_amount' end
   local minor = c * (10 ^ (e - s))
-  if minor ~= math.floor(minor) then return nil, 'invalid_amount' end
+  if minor >= EXACT then return nil, 'invalid_amount' end
   return minor
 end
 
@@ -68,7 +71,8 @@ end
 -- currency and exponent for an over-precise one ("USD amounts have at most 2 decimals").
 local function amount_refusal(card_key, refusal)
   if refusal == 'invalid_amount_precision' then
-    return {refusal, unpack(redis.call('HMGET', card_key, 'currency', 'exponent'))}
+    local currency, exponent = unpack(redis.call('HMGET', card_key, 'currency', 'exponent'))
+    return {refusal, currency or '', exponent or ''}
   end
   return {refusal}
 end
@@ -106,11 +110,12 @@ end
 -- cancellation with reason "expired", so the Hub's GET sums still add up. A hold
 -- expires once at most, so the record is deterministic (oid "<txId>-expired",
 -- dated at the deadline): a read can show it before it is written (store.py).
--- Returns true if the transaction's deadline had passed (the hold is now gone).
+-- Returns whether the transaction's deadline had passed (its hold is now gone),
+-- and whether money was released.
 local function release_if_due(card_key, holds_key, journal_key, tx_id, at)
   local tx_key = card_prefix(card_key) .. ':tx:' .. tx_id
   local deadline = tonumber(redis.call('HGET', tx_key, 'holdDeadlineMs'))
-  if not deadline or deadline > at then return false end
+  if not deadline or deadline > at then return false, false end
   local held = hnum(tx_key, 'held')
   if held > 0 then
     local oid = tx_id .. '-expired'
@@ -123,13 +128,14 @@ local function release_if_due(card_key, holds_key, journal_key, tx_id, at)
     journal(journal_key, card_key, 'expire', tx_id, oid, held, at)
   end
   redis.call('ZREM', holds_key, tx_id)
-  return true
+  return true, held > 0
 end
 
 -- Release the card's holds past their deadline, earliest first: all of them
 -- (limit nil), as every money call does, so that what a call sees as available
 -- is what GET card reports; or at most `limit`, as the sweeper does to keep
--- each of its calls short. Returns how many were released.
+-- each of its calls short. Every entry looked at leaves the due range, so a
+-- caller that repeats the call makes progress. Returns how many were released.
 local function release_expired(card_key, holds_key, journal_key, at, limit)
   local due
   if limit then
@@ -138,13 +144,22 @@ local function release_expired(card_key, holds_key, journal_key, at, limit)
     due = redis.call('ZRANGEBYSCORE', holds_key, '-inf', at)
   end
   local prefix = card_prefix(card_key)
+  local released = 0
   for _, tx_id in ipairs(due) do
-    if not release_if_due(card_key, holds_key, journal_key, tx_id, at)
-        and not redis.call('HGET', prefix .. ':tx:' .. tx_id, 'holdDeadlineMs') then
-      redis.call('ZREM', holds_key, tx_id)  -- names no Debit (removed by hand?): nothing to release
+    local passed, moved = release_if_due(card_key, holds_key, journal_key, tx_id, at)
+    if moved then released = released + 1 end
+    if not passed then
+      -- Listed as due but its transaction disagrees (edited by hand?): no deadline means
+      -- nothing to release; a later one is where the entry belongs.
+      local deadline = redis.call('HGET', prefix .. ':tx:' .. tx_id, 'holdDeadlineMs')
+      if deadline then
+        redis.call('ZADD', holds_key, deadline, tx_id)
+      else
+        redis.call('ZREM', holds_key, tx_id)
+      end
     end
   end
-  return #due
+  return released
 end
 
 -- True if `owner` is one of the identities the call names (ARGV from `first` on,
@@ -300,7 +315,7 @@ end
 -- transaction's id and operation, the amount in minor units and the time.
 local function open_operation(kind, card, tx, tx_requests, journal_key, holds, args)
   local tx_id, op = unpack(redis.call('HMGET', tx, 'id', 'operation'))
-  if not tx_id then return {'not_found'} end
+  if not tx_id or redis.call('EXISTS', card) == 0 then return {'not_found'} end
   if op ~= 'Debit' and op ~= 'Credit' then return {'invalid_operation'} end
   local minor, refusal = to_minor(args[2], args[3], redis.call('HGET', card, 'exponent'))
   local seen = redis.call('HGET', tx_requests, kind .. ':' .. args[4])
