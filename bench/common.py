@@ -197,7 +197,7 @@ def seed_cards(store: LedgerStore, count: int, balance: str = "100000", debits_e
     cards = []
     for i in range(count):
         card, code = store.create_card(**card_args(profile_id=f"shopper-{i}@example.com"))
-        seeded = SeededCard(card.id, code, card.fields["token"])
+        seeded = SeededCard(card.id, code, card.token)
         credit(store, card.id, balance, f"seed-credit-{card.id}")
         for d in range(debits_each):
             _, tx, _ = store.authorize(

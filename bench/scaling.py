@@ -125,7 +125,7 @@ def bulk_cards(store: LedgerStore, count: int, batch: int, keep: set[int]) -> tu
     for i in range(count):
         card, code = queued.create_card(**card_args(profile_id=f"bulk-{i}@example.com"))
         if i in keep:
-            kept[i] = (card.id, code, card.fields["token"])
+            kept[i] = (card.id, code, card.token)
         if (i + 1) % batch == 0:
             _flush(queued)
         if (i + 1) % 100_000 == 0:

@@ -33,13 +33,13 @@ from schemas.giftcards import CreateCardRequestSchema
 
 from .codes import mask, new_id, normalise
 from .config import Settings
-from .errors import ProviderError, Refused, StoreUnavailable
+from .errors import InvalidRequest, ProviderError, Refused, StoreUnavailable
 from .identity import normalise as normalise_identity
 from .keys import is_valid_id
 from .money import Amount, UnknownCurrency, exponent_of
 from .observability import StdoutHandler
-from .store import Card, LedgerStore
-from .verify import card_ids, verify_store
+from .records import Card, JournalEntry, Transaction
+from .store import LedgerStore
 
 _AMOUNT = re.compile(r"\d+(\.\d+)?")
 JOURNAL_PAGE = 1000
@@ -201,75 +201,74 @@ def _checked_minor(amount: Amount, currency: str, param_hint: str) -> int:
         raise click.BadParameter(
             f"{currency} has {exponent} decimal places; this amount has {amount.scale}", param_hint=param_hint
         ) from None
-    ceiling = _settings().max_transaction_amount
-    if amount.coefficient > ceiling * 10**amount.scale:
-        raise click.BadParameter(f"above MAX_TRANSACTION_AMOUNT ({ceiling})", param_hint=param_hint)
+    try:
+        _store().check_ceiling(amount)
+    except InvalidRequest:
+        ceiling = _settings().max_transaction_amount
+        raise click.BadParameter(f"above MAX_TRANSACTION_AMOUNT ({ceiling})", param_hint=param_hint) from None
     return minor
 
 
 def card_view(card: Card) -> dict:
-    f, exponent = card.fields, card.exponent
-    held = int(f["held"]) - card.due_holds
+    exponent = card.exponent
     return {
         "id": card.id,
-        "status": f["status"],
-        "statusReason": f.get("statusReason", ""),
-        "statusChangedAt": iso_ms(f["statusChangedMs"]) if f.get("statusChangedMs") else None,
-        "currency": f["currency"],
+        "status": card.status,
+        "statusReason": card.status_reason,
+        "statusChangedAt": iso_ms(card.status_changed_ms) if card.status_changed_ms else None,
+        "currency": card.currency,
         "balance": major(card.balance, exponent),
         "balanceMinor": card.balance,
-        "held": major(held, exponent),
-        "heldMinor": held,
+        "held": major(card.held_now, exponent),
+        "heldMinor": card.held_now,
         "expiredHolds": major(card.due_holds, exponent),
         "expiredHoldsMinor": card.due_holds,
         "usable": card.usable,
-        "redemptionCode": mask(f["codeLast4"]),
+        "redemptionCode": mask(card.code_last4),
         **card.terms(),
-        "emissionDate": iso_ms(f["emissionMs"]),
-        "expiringDate": iso_ms(f["expiringMs"]),
-        "createdAt": iso_ms(f["createdMs"]),
+        "emissionDate": iso_ms(card.emission_ms),
+        "expiringDate": iso_ms(card.expiring_ms),
+        "createdAt": iso_ms(card.created_ms),
     }
 
 
-def journal_view(card_id: str, currency: str, exponent: int, entry_id: str, entry: dict) -> dict:
+def journal_view(card_id: str, currency: str, exponent: int, entry: JournalEntry) -> dict:
     """One journal entry for people and finance: amounts exact, in minor and in major units."""
-    amount, available, held = int(entry["amount"]), int(entry["available"]), int(entry["held"])
     return {
         "cardId": card_id,
         "currency": currency,
-        "seq": int(entry["seq"]),
-        "entryId": entry_id,
-        "at": iso_ms(entry["at"]),
-        "kind": entry["kind"],
-        "transactionId": entry["tx"],
-        "ref": entry["ref"],
-        "amount": major(amount, exponent),
-        "amountMinor": amount,
-        "availableAfter": major(available, exponent),
-        "availableAfterMinor": available,
-        "heldAfter": major(held, exponent),
-        "heldAfterMinor": held,
+        "seq": entry.seq,
+        "entryId": entry.entry_id,
+        "at": iso_ms(entry.at_ms),
+        "kind": entry.kind,
+        "transactionId": entry.tx_id,
+        "ref": entry.ref,
+        "amount": major(entry.amount, exponent),
+        "amountMinor": entry.amount,
+        "availableAfter": major(entry.available, exponent),
+        "availableAfterMinor": entry.available,
+        "heldAfter": major(entry.held, exponent),
+        "heldAfterMinor": entry.held,
     }
 
 
-def transaction_view(card_id: str, currency: str, fields: dict, exponent: int) -> dict:
+def transaction_view(card_id: str, currency: str, tx: Transaction, exponent: int) -> dict:
     view = {
-        "id": fields["id"],
+        "id": tx.id,
         "cardId": card_id,
         "currency": currency,
-        "operation": fields["operation"],
-        "value": major(int(fields["value"]), exponent),
-        "valueMinor": int(fields["value"]),
-        "date": iso_ms(fields["dateMs"]),
-        "requestId": fields["requestId"],
-        "orderId": fields.get("orderId", ""),
+        "operation": tx.operation,
+        "value": major(tx.value, exponent),
+        "valueMinor": tx.value,
+        "date": iso_ms(tx.date_ms),
+        "requestId": tx.request_id,
+        "orderId": tx.order_id,
     }
-    debit = fields["operation"] == "Debit"
-    for counter in ("held", "settled", "released", "refunded") if debit else ("settled", "cancelled"):
-        view[counter] = major(int(fields[counter]), exponent)
-        view[f"{counter}Minor"] = int(fields[counter])
-    if debit:
-        view["holdDeadline"] = iso_ms(fields["holdDeadlineMs"])
+    for counter in ("held", "settled", "released", "refunded") if tx.debit else ("settled", "cancelled"):
+        view[counter] = major(getattr(tx, counter), exponent)
+        view[f"{counter}Minor"] = getattr(tx, counter)
+    if tx.debit and tx.hold_deadline_ms:
+        view["holdDeadline"] = iso_ms(tx.hold_deadline_ms)
     return view
 
 
@@ -309,7 +308,7 @@ def _print_card(view: dict, journal: list[dict]) -> None:
 
 def _show(store: LedgerStore, card: Card, entries: int, as_json: bool) -> None:
     tail = store.journal_tail(card.id, entries) if entries else []
-    journal = [journal_view(card.id, card.fields["currency"], card.exponent, i, e) for i, e in tail]
+    journal = [journal_view(card.id, card.currency, card.exponent, e) for e in tail]
     view = card_view(card)
     if as_json:
         _emit({**view, "journal": journal})
@@ -405,8 +404,7 @@ def issue(
         expiring_ms = start + valid_days * 86_400_000
     if load_amount is not None:
         minor = _checked_minor(load_amount, currency, "'--load'")
-        limit = Amount.from_decimal(settings.max_card_balance).to_minor(exponent_of(currency))
-        if minor > limit:
+        if minor > _store().balance_limit(currency):
             raise click.BadParameter(f"above MAX_CARD_BALANCE ({settings.max_card_balance})", param_hint="'--load'")
     rid = _request_id(request_id) if load_amount is not None else None
 
@@ -423,7 +421,7 @@ def issue(
         expiring_ms=expiring_ms,
     )
     if not as_json:
-        window = f"{iso_ms(card.fields['emissionMs'])} to {iso_ms(card.fields['expiringMs'])}"
+        window = f"{iso_ms(card.emission_ms)} to {iso_ms(card.expiring_ms)}"
         click.echo(f"issued card {card.id} ({currency}), valid {window}")
         click.echo(f"redemption code: {code}")
         click.echo("(shown this once: hand it to the customer now)")
@@ -461,7 +459,7 @@ def load(card_id, amount, request_id, as_json):
     """
     store = _store()
     card = _card(store, card_id)
-    currency = card.fields["currency"]
+    currency = card.currency
     minor = _checked_minor(amount, currency, "'AMOUNT'")
     rid = _request_id(request_id)
     replayed, tx_id, date_ms = store.authorize(card_id, operation="Credit", amount=amount, request_id=rid, token="")
@@ -529,7 +527,7 @@ def transactions(card_id, last, as_json):
     """A card's transactions, oldest first, with what each has settled, released or refunded."""
     store = _store()
     card = _card(store, card_id)
-    currency = card.fields["currency"]
+    currency = card.currency
     ids, total = store.transaction_ids(card_id, -last if last else 0, -1)
     views = [transaction_view(card_id, currency, *store.transaction(card_id, tx_id)) for tx_id in ids]
     if as_json:
@@ -573,9 +571,9 @@ def _set_status(card_id: str, status: str, reason: str, as_json: bool) -> None:
         click.echo(f"card {card_id} is already {status}: nothing changed")
         return
     click.echo(f"card {card_id}: {previous} -> {status} ({reason}, {iso_ms(changed_ms)})")
-    held = int(card.fields["held"]) - card.due_holds
+    held = card.held_now
     if status == "inactive" and (card.balance or held):
-        cur, exponent = card.fields["currency"], card.exponent
+        cur, exponent = card.currency, card.exponent
         click.echo(
             f"note: {major(card.balance, exponent)} {cur} available and {major(held, exponent)} {cur} held stay "
             "on the card; its holds can still be settled or cancelled"
@@ -633,7 +631,7 @@ def verify(card_id, as_json):
     cards left unreachable by an interrupted creation (no money: not a failure).
     """
     store = _store()
-    report = verify_store(store.redis, store.keys, card_id, store.library)
+    report = store.verify(card_id)
     checked, failed, dangling, unreachable = report.checked, report.failed, report.dangling, report.unreachable
     ok = not report.problems
     if as_json:
@@ -673,18 +671,17 @@ def export(card_id, output, since, until):
     """
     store = _store()
     written = exported_cards = 0
-    for cid in [card_id] if card_id else card_ids(store.redis, store.keys):
+    for cid in [card_id] if card_id else store.card_ids():
         card = _card(store, cid)
-        currency, exponent = card.fields["currency"], card.exponent
+        currency, exponent = card.currency, card.exponent
         exported_cards += 1
         after = "-"
         while page := store.journal(cid, after=after, count=JOURNAL_PAGE):
-            for entry_id, entry in page:
-                at = int(entry["at"])
-                if (since is None or at >= since) and (until is None or at < until):
-                    output.write(json.dumps(journal_view(cid, currency, exponent, entry_id, entry)) + "\n")
+            for entry in page:
+                if (since is None or entry.at_ms >= since) and (until is None or entry.at_ms < until):
+                    output.write(json.dumps(journal_view(cid, currency, exponent, entry)) + "\n")
                     written += 1
-            after = page[-1][0]
+            after = page[-1].entry_id
     click.echo(f"exported {written} journal entries from {exported_cards} card(s)", err=True)
 
 
@@ -713,26 +710,6 @@ def libraries(prune, as_json):
 # -- holds --------------------------------------------------------------------
 
 
-def expire_all_holds(store: LedgerStore) -> dict:
-    """Release every hold past its deadline, card by card. One FCALL per card with holds (plus one per 100 due)."""
-    released, errors = {}, {}
-    card_ids_with_holds = list(store.cards_with_holds())
-    for cid in card_ids_with_holds:
-        try:
-            while count := store.expire_holds(cid):
-                released[cid] = released.get(cid, 0) + count
-        except StoreUnavailable:
-            raise
-        except ProviderError as exc:  # e.g. a card removed by hand under its holds
-            errors[cid] = exc.message
-    return {
-        "cardsWithHolds": len(card_ids_with_holds),
-        "holdsReleased": sum(released.values()),
-        "released": released,
-        "errors": errors,
-    }
-
-
 @cards.command("expire-holds")
 @json_option
 def expire_holds(as_json):
@@ -742,7 +719,7 @@ def expire_holds(as_json):
     writes the release (an "expired" cancellation) so the records catch up.
     The clock process runs it every minute (see `sweep`).
     """
-    result = expire_all_holds(_store())
+    result = _store().expire_all_holds()
     if as_json:
         _emit(result)
     else:
@@ -787,7 +764,7 @@ def sweep(every, passes):
         while not stop:
             started = time.monotonic()
             try:
-                result = expire_all_holds(store)
+                result = store.expire_all_holds()
                 if result["holdsReleased"]:
                     click.echo(
                         f"sweep: released {result['holdsReleased']} expired hold(s) "

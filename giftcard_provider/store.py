@@ -11,12 +11,11 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import redis
 from redis.cluster import RedisCluster
 
-from . import observability
+from . import observability, verify
 from .codes import CodeHasher, new_code, new_id, new_token, normalise
 from .config import Settings
 from .connection import UNAVAILABLE, connect, is_cluster, use_local_fcall_keys
@@ -24,6 +23,7 @@ from .errors import InvalidRequest, NotFound, ProviderError, StoreUnavailable, r
 from .keys import Keys, is_valid_id
 from .ledger_library import RELEASE, Library, installed_libraries, prune_libraries
 from .money import Amount, exponent_of
+from .records import Card, JournalEntry, Operation, Transaction, card_from_read
 
 log = logging.getLogger(__name__)
 
@@ -42,63 +42,6 @@ def _translated_errors():
     except UNAVAILABLE as exc:
         observability.redis_error("ledger", exc)
         raise StoreUnavailable(f"the ledger store is unavailable ({type(exc).__name__})") from exc
-
-
-@dataclass(frozen=True)
-class Card:
-    id: str
-    fields: dict[str, str]
-    due_holds: int  # minor units of expired holds not yet released (see gc_read_card)
-    now_ms: int
-
-    @property
-    def exponent(self) -> int:
-        return int(self.fields["exponent"])
-
-    @property
-    def balance(self) -> int:
-        """Available balance in minor units, including holds past their deadline."""
-        return int(self.fields["available"]) + self.due_holds
-
-    @property
-    def usable(self) -> bool:
-        f = self.fields
-        return (
-            f["status"] == "active" and int(f["emissionMs"]) <= self.now_ms < int(f["expiringMs"]) and self.balance > 0
-        )
-
-    def terms(self) -> dict:
-        """What the card was issued with, in the protocol's names and types."""
-        f = self.fields
-        return {
-            "relationName": f["relationName"],
-            "caption": f["caption"],
-            "profileId": f["profileId"],
-            "restrictedToOwner": f["restrictedToOwner"] == "1",
-            "multipleRedemptions": f["multipleRedemptions"] == "1",
-            "multipleCredits": f["multipleCredits"] == "1",
-        }
-
-    def visible_to(self, identities: set[str]) -> bool:
-        return self.fields.get("restrictedToOwner") != "1" or self.fields["profileId"] in identities
-
-
-@dataclass(frozen=True)
-class Operation:
-    """A settlement, cancellation or authorization record: {oid, value, date}."""
-
-    oid: str
-    minor: int
-    date_ms: int
-    request_id: str = ""
-    reason: str = ""
-
-    @classmethod
-    def parse(cls, packed: str) -> Operation:
-        # "oid|minor|dateMs|requestId|reason": the Hub's requestId may itself hold "|".
-        oid, minor, date_ms, rest = packed.split("|", 3)
-        request_id, _, reason = rest.rpartition("|")
-        return cls(oid, int(minor), int(date_ms), request_id, reason)
 
 
 class LedgerStore:
@@ -224,7 +167,7 @@ class LedgerStore:
         out, is unreachable by code: `flask cards verify` lists it (verify.py).
         """
         exponent = exponent_of(currency)
-        limit = Amount.from_decimal(self.settings.max_card_balance).to_minor(exponent)
+        limit = self.balance_limit(currency)
         for _ in range(3):  # a new id and code after a collision among 2**128 ids / 30**20 codes
             card_id, code, token = new_id(), new_code(), new_token()
             code_digest = self.hasher.digest(code)
@@ -257,17 +200,10 @@ class LedgerStore:
                 )
             if reply[0] == "card_exists" or not self._index_card(card_id, code_digest, profile_id):
                 continue
-            created_ms, emission, expiring = (int(v) for v in reply[1:])
-            fields.update(
-                id=card_id,
-                emissionMs=str(emission),
-                expiringMs=str(expiring),
-                createdMs=str(created_ms),
-                available="0",
-                held="0",
-                status="active",
-            )
-            return Card(card_id, fields, 0, created_ms), code
+            created_ms, emission, expiring = reply[1:]
+            fields.update(emissionMs=emission, expiringMs=expiring, createdMs=created_ms)
+            fields.update(available="0", held="0", status="active", seq="0")
+            return Card.from_hash(card_id, fields, 0, int(created_ms)), code
         raise ProviderError("card creation collided three times; please retry")
 
     def _index_card(self, card_id: str, code_digest: str, profile_id: str) -> bool:
@@ -284,7 +220,7 @@ class LedgerStore:
         if not is_valid_id(card_id):
             return None
         reply = self._fcall("gc_read_card", [self.keys.card(card_id), self.keys.holds(card_id)], [], readonly=True)
-        return _card_from_reply(card_id, reply)
+        return card_from_read(card_id, reply)
 
     def find_by_code(self, code: str) -> Card | None:
         """The card a redemption code names, or None. Two round trips: index, then card."""
@@ -322,8 +258,8 @@ class LedgerStore:
                 lambda pipe: [pipe.fcall_ro(read_card, 2, self.keys.card(i), self.keys.holds(i)) for i in ids]
             )
         )
-        cards = [_card_from_reply(i, r) for i, r in zip(ids, replies, strict=True)]
-        return sorted((c for c in cards if c), key=lambda c: int(c.fields["createdMs"]))
+        cards = [card_from_read(i, r) for i, r in zip(ids, replies, strict=True)]
+        return sorted((c for c in cards if c), key=lambda c: c.created_ms)
 
     def set_status(self, card_id: str, status: str, reason: str) -> tuple[bool, str, int | None]:
         """Block, unblock or deactivate a card; moves no money. Returns (changed, previous status, changed ms)."""
@@ -336,17 +272,19 @@ class LedgerStore:
         _, (previous, changed_ms) = raise_for_reply(reply)
         return True, previous, int(changed_ms)
 
-    def journal(self, card_id: str, *, after: str = "-", count: int | None = None) -> list[tuple[str, dict]]:
+    def journal(self, card_id: str, *, after: str = "-", count: int | None = None) -> list[JournalEntry]:
         """Journal entries oldest first, from just after entry id `after` (for paging), at most `count`."""
         self._require_id(card_id, "gift card")
         with _translated_errors():
-            return self.redis.xrange(self.keys.journal(card_id), "-" if after == "-" else f"({after}", count=count)
+            page = self.redis.xrange(self.keys.journal(card_id), "-" if after == "-" else f"({after}", count=count)
+        return [JournalEntry.from_stream(entry_id, fields) for entry_id, fields in page]
 
-    def journal_tail(self, card_id: str, count: int) -> list[tuple[str, dict]]:
+    def journal_tail(self, card_id: str, count: int) -> list[JournalEntry]:
         """The newest `count` journal entries, oldest first."""
         self._require_id(card_id, "gift card")
         with _translated_errors():
-            return self.redis.xrevrange(self.keys.journal(card_id), count=count)[::-1]
+            page = self.redis.xrevrange(self.keys.journal(card_id), count=count)[::-1]
+        return [JournalEntry.from_stream(entry_id, fields) for entry_id, fields in page]
 
     def cards_with_holds(self) -> Iterator[str]:
         """Ids of the cards holding money, by SCAN (the sweeper's tool: never on a request path)."""
@@ -354,6 +292,56 @@ class LedgerStore:
             for key in self.redis.scan_iter(match=self.keys.holds_pattern(), count=1000):
                 if card_id := self.keys.card_id_in(key):
                     yield card_id
+
+    def card_ids(self) -> Iterator[str]:
+        """Every card id, by SCAN (operators' export and verify: never on a request path)."""
+        with _translated_errors():
+            yield from verify.card_ids(self.redis, self.keys)
+
+    def verify(self, card_id: str | None = None) -> verify.Report:
+        """Recompute one card, or every card and index, from the journals (verify.py)."""
+        with _translated_errors():
+            return verify.verify_store(self.redis, self.keys, card_id, self.library)
+
+    def expire_all_holds(self) -> dict:
+        """The sweeper's pass: release every hold past its deadline, card by card, SWEEP_BATCH per call.
+
+        Returns {"cardsWithHolds", "holdsReleased", "released": {card: n}, "errors": {card: message}};
+        a card that cannot be swept (removed by hand under its holds) is reported, not fatal.
+        """
+        released, errors = {}, {}
+        holding = list(self.cards_with_holds())
+        for card_id in holding:
+            try:
+                while count := self.expire_holds(card_id):
+                    released[card_id] = released.get(card_id, 0) + count
+            except StoreUnavailable:
+                raise
+            except ProviderError as exc:
+                errors[card_id] = exc.message
+        return {
+            "cardsWithHolds": len(holding),
+            "holdsReleased": sum(released.values()),
+            "released": released,
+            "errors": errors,
+        }
+
+    # -- money rules applied before the ledger ---------------------------------
+
+    def check_ceiling(self, amount: Amount) -> Amount:
+        """MAX_TRANSACTION_AMOUNT (major units), for every transaction, settlement and cancellation."""
+        ceiling = self.settings.max_transaction_amount
+        if amount.coefficient > ceiling * 10**amount.scale:
+            raise InvalidRequest(
+                f"value is above the maximum of {ceiling}",
+                code="invalid_amount",
+                errors={"json": {"value": [f"Must not exceed {ceiling}."]}},
+            )
+        return amount
+
+    def balance_limit(self, currency: str) -> int:
+        """MAX_CARD_BALANCE in the currency's minor units: what a card may hold (available + held)."""
+        return Amount.from_decimal(self.settings.max_card_balance).to_minor(exponent_of(currency))
 
     # -- transactions -------------------------------------------------------
 
@@ -374,6 +362,7 @@ class LedgerStore:
         A Debit must carry the card's redemption `token` and, on a card restricted to its
         owner, name the owner among `identities` (normalised: identity.py); the ledger checks both.
         """
+        self.check_ceiling(amount)
         self._require_id(card_id, "gift card")
         tx_id = new_id()
         k = self.keys
@@ -411,6 +400,7 @@ class LedgerStore:
         return self._operate("gc_cancel", self.keys.cancellations, card_id, tx_id, amount, request_id)
 
     def _operate(self, function, records_key, card_id, tx_id, amount, request_id):
+        self.check_ceiling(amount)
         self._require_id(card_id, "transaction")
         self._require_id(tx_id, "transaction")
         k = self.keys
@@ -451,8 +441,8 @@ class LedgerStore:
             raise NotFound("gift card not found")
         return ids, total
 
-    def transaction(self, card_id: str, tx_id: str) -> tuple[dict, int]:
-        """A transaction's stored fields and the card's currency exponent."""
+    def transaction(self, card_id: str, tx_id: str) -> tuple[Transaction, int]:
+        """A transaction and the card's currency exponent."""
         self._require_id(card_id, "transaction")
         self._require_id(tx_id, "transaction")
         exponent, fields = self._pipeline(
@@ -461,9 +451,10 @@ class LedgerStore:
                 pipe.hgetall(self.keys.transaction(card_id, tx_id)),
             )
         )
-        if not fields:
+        transaction = Transaction.from_hash(fields)
+        if transaction is None or exponent is None:
             raise NotFound("transaction not found")
-        return fields, int(exponent)
+        return transaction, int(exponent)
 
     def settlements(self, card_id: str, tx_id: str) -> tuple[list[Operation], int]:
         """A transaction's settlements, oldest first, and the card's currency exponent."""
@@ -501,11 +492,3 @@ class LedgerStore:
     def _require_id(value: str, what: str) -> None:
         if not is_valid_id(value):
             raise NotFound(f"{what} not found")
-
-
-def _card_from_reply(card_id: str, reply: list) -> Card | None:
-    if reply[0] == "not_found":
-        return None
-    _, now_ms, due, *flat = reply
-    fields = dict(zip(flat[::2], flat[1::2], strict=True))
-    return Card(card_id, fields, int(due), int(now_ms))

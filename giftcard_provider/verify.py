@@ -24,6 +24,7 @@ import redis
 
 from .keys import Keys
 from .ledger_library import RELEASE, Library
+from .records import Card, LedgerSnapshot, TransactionSnapshot
 
 # Journal kind -> (change of available, change of held), per unit of `amount`.
 DELTAS = {
@@ -38,109 +39,65 @@ DELTAS = {
 }
 
 
-def _sum(records: list[str]) -> int:
-    return sum(int(r.split("|")[1]) for r in records)
-
-
 def verify_card(client: redis.Redis, keys: Keys, card_id: str, library: Library = RELEASE) -> list[str]:
     """Every inconsistency found on one card, as sentences; [] means the card is sound."""
     return _check_card(client, keys, card_id, library)[0]
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    """One card's ledger as gc_read_ledger read it, at one instant."""
-
-    card: dict[str, str]
-    journal: list[tuple[str, dict[str, str]]]
-    holding: set[str]
-    requests: dict[str, str]
-    transactions: dict[str, tuple[dict[str, str], list[str], list[str]]]  # id -> (fields, settlements, cancels)
-
-    @classmethod
-    def read(cls, client, keys: Keys, card_id: str, library: Library) -> _Snapshot | None:
-        call_keys = [
-            keys.card(card_id),
-            keys.transactions(card_id),
-            keys.requests(card_id),
-            keys.journal(card_id),
-            keys.holds(card_id),
-        ]
-        reply = library.call(client, "gc_read_ledger", call_keys, [], readonly=True)
-        if reply[0] == "not_found":
-            return None
-        _, card, journal, holding, requests, *txs = reply
-        return cls(
-            _pairs(card),
-            [(entry_id, _pairs(fields)) for entry_id, fields in journal],
-            set(holding),
-            _pairs(requests),
-            {tx_id: (_pairs(fields), settled, cancelled) for tx_id, fields, settled, cancelled in txs},
-        )
-
-
-def _pairs(flat: list) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
 def _check_card(client: redis.Redis, keys: Keys, card_id: str, library: Library) -> tuple[list[str], bool]:
     """(verify_card's problems, whether the card is unreachable: see unreachable_cards)."""
-    snapshot = _Snapshot.read(client, keys, card_id, library)
+    call_keys = [keys.card(card_id), keys.transactions(card_id), keys.requests(card_id)]
+    call_keys += [keys.journal(card_id), keys.holds(card_id)]
+    snapshot = LedgerSnapshot.from_reply(card_id, library.call(client, "gc_read_ledger", call_keys, [], readonly=True))
     if snapshot is None:
         return [f"card {card_id}: not found"], False
     card = snapshot.card
     problems: list[str] = []
     available = held = 0
-    for expected_seq, (entry_id, entry) in enumerate(snapshot.journal, 1):
-        kind, amount = entry["kind"], int(entry["amount"])
-        if kind not in DELTAS:
-            problems.append(f"journal {entry_id}: unknown kind {kind!r}")
+    for expected_seq, entry in enumerate(snapshot.journal, 1):
+        if entry.kind not in DELTAS:
+            problems.append(f"journal {entry.entry_id}: unknown kind {entry.kind!r}")
             continue
-        if int(entry["seq"]) != expected_seq:
-            problems.append(f"journal {entry_id}: seq {entry['seq']}, expected {expected_seq}")
-        d_available, d_held = DELTAS[kind]
-        available += d_available * amount
-        held += d_held * amount
-        if (int(entry["available"]), int(entry["held"])) != (available, held):
+        if entry.seq != expected_seq:
+            problems.append(f"journal {entry.entry_id}: seq {entry.seq}, expected {expected_seq}")
+        d_available, d_held = DELTAS[entry.kind]
+        available += d_available * entry.amount
+        held += d_held * entry.amount
+        if (entry.available, entry.held) != (available, held):
             problems.append(
-                f"journal {entry_id}: records available={entry['available']} held={entry['held']}, "
+                f"journal {entry.entry_id}: records available={entry.available} held={entry.held}, "
                 f"replay gives {available}/{held}"
             )
-        if amount <= 0:
-            problems.append(f"journal {entry_id}: non-positive amount {amount}")
-    if (int(card["available"]), int(card["held"])) != (available, held):
-        problems.append(
-            f"balances available={card['available']} held={card['held']} differ from journal {available}/{held}"
-        )
+        if entry.amount <= 0:
+            problems.append(f"journal {entry.entry_id}: non-positive amount {entry.amount}")
+    if (card.available, card.held) != (available, held):
+        problems.append(f"balances available={card.available} held={card.held} differ from journal {available}/{held}")
     if available < 0 or held < 0:
         problems.append(f"negative balance: available={available} held={held}")
 
     total_held = 0
-    for tx_id, (tx, settlements, cancellations) in snapshot.transactions.items():
-        problems += [
-            f"transaction {tx_id}: {p}"
-            for p in _verify_transaction(tx_id, tx, settlements, cancellations, snapshot.holding)
-        ]
-        total_held += int(tx.get("held") or 0)
-    if total_held != int(card["held"]):
-        problems.append(f"card held {card['held']} differs from the sum of its transactions' holds {total_held}")
-    for request_id, packed in snapshot.requests.items():
-        if packed.split("|")[0] not in snapshot.transactions:
+    for tx_id, record in snapshot.transactions.items():
+        problems += [f"transaction {tx_id}: {p}" for p in _verify_transaction(tx_id, record, snapshot.holding)]
+        total_held += record.transaction.held if record.transaction else 0
+    if total_held != card.held:
+        problems.append(f"card held {card.held} differs from the sum of its transactions' holds {total_held}")
+    for request_id, tx_id in snapshot.requests.items():
+        if tx_id not in snapshot.transactions:
             problems.append(f"requestId {request_id!r} points to a missing transaction")
-    gaps = _index_gaps(client, keys, card_id, card)
-    unreachable = bool(gaps) and card["seq"] == "0" and not snapshot.transactions  # an interrupted creation
+    gaps = _index_gaps(client, keys, card)
+    unreachable = bool(gaps) and card.seq == 0 and not snapshot.transactions  # an interrupted creation
     if gaps and not unreachable:
         problems.append(f"missing from the {' and '.join(gaps)} index")
     return [f"card {card_id}: {p}" for p in problems], unreachable
 
 
-def _index_gaps(client, keys: Keys, card_id: str, card: dict) -> list[str]:
+def _index_gaps(client, keys: Keys, card: Card) -> list[str]:
     """The indexes ("code", "owner") that do not name the card."""
     gaps = []
     # Cards made before codeDigest was stored cannot be checked against the code index.
-    if "codeDigest" in card and client.get(keys.code_index(card["codeDigest"])) != card_id:
+    if card.code_digest is not None and client.get(keys.code_index(card.code_digest)) != card.id:
         gaps.append("code")
-    if not client.sismember(keys.owner_index(card["profileId"]), card_id):
+    if not client.sismember(keys.owner_index(card.profile_id), card.id):
         gaps.append("owner")
     return gaps
 
@@ -201,38 +158,33 @@ def dangling_index_entries(client: redis.Redis, keys: Keys) -> list[str]:
     return problems
 
 
-def _verify_transaction(
-    tx_id: str, tx: dict[str, str], settlement_records: list[str], cancellation_records: list[str], holding: set[str]
-) -> Iterator[str]:
-    if not tx:
+def _verify_transaction(tx_id: str, record: TransactionSnapshot, holding: set[str]) -> Iterator[str]:
+    tx = record.transaction
+    if tx is None:
         yield "listed but missing"
         return
-    value = int(tx["value"])
-    settled = int(tx["settled"])
-    settlements = _sum(settlement_records)
-    cancellations = _sum(cancellation_records)
-    if settlements != settled:
-        yield f"settlements sum to {settlements}, counter says {settled}"
-    if tx["operation"] == "Debit":
-        held, released, refunded = int(tx["held"]), int(tx["released"]), int(tx["refunded"])
-        if held + settled + released != value:
-            yield f"held {held} + settled {settled} + released {released} != value {value}"
-        if refunded > settled:
-            yield f"refunded {refunded} more than settled {settled}"
-        if cancellations != released + refunded:
-            yield f"cancellations sum to {cancellations}, released + refunded is {released + refunded}"
-        if min(held, settled, released, refunded) < 0:
+    settlements = sum(op.minor for op in record.settlements)
+    cancellations = sum(op.minor for op in record.cancellations)
+    if settlements != tx.settled:
+        yield f"settlements sum to {settlements}, counter says {tx.settled}"
+    if tx.operation == "Debit":
+        if tx.held + tx.settled + tx.released != tx.value:
+            yield f"held {tx.held} + settled {tx.settled} + released {tx.released} != value {tx.value}"
+        if tx.refunded > tx.settled:
+            yield f"refunded {tx.refunded} more than settled {tx.settled}"
+        if cancellations != tx.released + tx.refunded:
+            yield f"cancellations sum to {cancellations}, released + refunded is {tx.released + tx.refunded}"
+        if min(tx.held, tx.settled, tx.released, tx.refunded) < 0:
             yield "negative counter"
-        if (held > 0) != (tx_id in holding):
-            yield f"hold of {held} {'missing from' if held else 'left in'} the hold deadlines"
-    elif tx["operation"] == "Credit":
-        cancelled = int(tx["cancelled"])
-        if cancellations != cancelled:
-            yield f"cancellations sum to {cancellations}, counter says {cancelled}"
-        if cancelled > value or settled > value:
-            yield f"settled {settled} or cancelled {cancelled} above value {value}"
+        if (tx.held > 0) != (tx_id in holding):
+            yield f"hold of {tx.held} {'missing from' if tx.held else 'left in'} the hold deadlines"
+    elif tx.operation == "Credit":
+        if cancellations != tx.cancelled:
+            yield f"cancellations sum to {cancellations}, counter says {tx.cancelled}"
+        if tx.cancelled > tx.value or tx.settled > tx.value:
+            yield f"settled {tx.settled} or cancelled {tx.cancelled} above value {tx.value}"
     else:
-        yield f"unknown operation {tx['operation']!r}"
+        yield f"unknown operation {tx.operation!r}"
 
 
 def card_ids(client: redis.Redis, keys: Keys) -> Iterator[str]:

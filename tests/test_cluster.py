@@ -14,7 +14,6 @@ import pytest
 from redis.cluster import RedisCluster
 
 from giftcard_provider import create_app
-from giftcard_provider.cli import expire_all_holds
 from giftcard_provider.config import ConfigError, Settings
 from giftcard_provider.ledger_library import RELEASE, Library
 
@@ -80,10 +79,10 @@ def test_the_sweeper_releases_due_holds_on_every_shard(store, hub):
     for card in cards:
         hub.debit(card["id"], Decimal("4"))
     time.sleep(0.25)
-    result = expire_all_holds(store)
+    result = store.expire_all_holds()
     assert (result["cardsWithHolds"], result["holdsReleased"], result["errors"]) == (12, 12, {})
     assert len({node_of(store, card_id) for card_id in result["released"]}) == 3
-    assert expire_all_holds(store)["cardsWithHolds"] == 0
+    assert store.expire_all_holds()["cardsWithHolds"] == 0
 
 
 def test_search_by_client_gathers_cards_from_every_shard(store, hub):

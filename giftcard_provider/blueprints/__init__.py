@@ -7,9 +7,7 @@ import re
 from flask import current_app, request
 
 from ..config import Settings
-from ..errors import InvalidRequest
 from ..links import Links
-from ..money import Amount
 from ..store import LedgerStore
 
 # At most 15 ASCII digits each: a longer number is no page (and 10**5000 would break int() and LRANGE).
@@ -27,18 +25,6 @@ def links() -> Links:
 
 def settings() -> Settings:
     return current_app.config["SETTINGS"]
-
-
-def within_limit(amount: Amount) -> Amount:
-    """The configured per-operation ceiling (MAX_TRANSACTION_AMOUNT, major units)."""
-    ceiling = settings().max_transaction_amount
-    if amount.coefficient > ceiling * 10**amount.scale:
-        raise InvalidRequest(
-            f"value is above the maximum of {ceiling}",
-            code="invalid_amount",
-            errors={"json": {"value": [f"Must not exceed {ceiling}."]}},
-        )
-    return amount
 
 
 def requested_range(default_last: int) -> tuple[int, int]:

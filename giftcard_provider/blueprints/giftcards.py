@@ -13,7 +13,7 @@ from ..errors import NotFound
 from ..identity import identities as identities_of
 from ..identity import normalise as normalise_identity
 from ..money import to_major
-from ..store import Card
+from ..records import Card
 from ..throttle import code_lookups
 from . import content_range, ledger, links, requested_range, settings
 
@@ -21,33 +21,31 @@ blp = Blueprint("giftcards", __name__, url_prefix="/giftcards", description="Sea
 
 
 def search_result(card: Card) -> dict:
-    f = card.fields
     return {
         "id": card.id,
         "provider": settings().provider_id,
         "balance": to_major(card.balance, card.exponent),
         "_self": {"href": links().card(card.id)},
-        "caption": f.get("caption", ""),
-        "relationName": f.get("relationName", ""),
-        "emissionDate": f["emissionMs"],
-        "expiringDate": f["expiringMs"],
+        "caption": card.caption,
+        "relationName": card.relation_name,
+        "emissionDate": card.emission_ms,
+        "expiringDate": card.expiring_ms,
     }
 
 
 def card_body(card: Card, full_code: str | None = None) -> dict:
-    f = card.fields
     transactions = {"href": links().transactions(card.id)}
     return {
         "id": card.id,
-        "redemptionToken": f["token"],
-        "redemptionCode": full_code or mask(f["codeLast4"]),
+        "redemptionToken": card.token,
+        "redemptionCode": full_code or mask(card.code_last4),
         "balance": to_major(card.balance, card.exponent),
-        "emissionDate": f["emissionMs"],
-        "expiringDate": f["expiringMs"],
-        "currencyCode": f["currency"],
+        "emissionDate": card.emission_ms,
+        "expiringDate": card.expiring_ms,
+        "currencyCode": card.currency,
         "discount": False,
         **card.terms(),
-        "status": f["status"],
+        "status": card.status,
         # The endpoint's schema says "transactions", the shared one and the guide "transaction".
         "transactions": transactions,
         "transaction": transactions,
@@ -80,7 +78,7 @@ class Search(MethodView):
         else:
             cards = ledger().cards_of(identities) if identities else []
             if cart.get("relationName"):
-                cards = [c for c in cards if c.fields.get("relationName") == cart["relationName"]]
+                cards = [c for c in cards if c.relation_name == cart["relationName"]]
         cards = [c for c in cards if c.usable]
         start, stop = requested_range(default_last=49)
         page = cards[start : stop + 1]

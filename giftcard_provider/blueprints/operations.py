@@ -14,8 +14,9 @@ from schemas.transactions import OperationRequestSchema, OperationSchema
 
 from ..api import Blueprint
 from ..money import to_major
-from ..store import LedgerStore, Operation
-from . import ledger, within_limit
+from ..records import Operation
+from ..store import LedgerStore
+from . import ledger
 
 
 def operation_body(op: Operation, exponent: int) -> dict:
@@ -38,9 +39,7 @@ def operation_blueprint(
         @blp.arguments(OperationRequestSchema())  # an instance: webargs would build one per request from a class
         @blp.response(200, OperationSchema)
         def post(self, body, giftCardId, **path):
-            _, op, exponent = apply(
-                ledger(), giftCardId, path[tx_param], within_limit(body["value"]), body["requestId"]
-            )
+            _, op, exponent = apply(ledger(), giftCardId, path[tx_param], body["value"], body["requestId"])
             return operation_body(op, exponent)
 
         @blp.response(200, OperationSchema(many=True))

@@ -9,7 +9,7 @@ from schemas.transactions import OperationSchema, TransactionRefSchema, Transact
 from ..api import Blueprint
 from ..identity import identities
 from ..money import to_major
-from . import content_range, ledger, links, requested_range, within_limit
+from . import content_range, ledger, links, requested_range
 
 blp = Blueprint(
     "transactions",
@@ -38,7 +38,7 @@ class Transactions(MethodView):
         _, tx_id, _ = ledger().authorize(
             giftCardId,
             operation=body["operation"],
-            amount=within_limit(body["value"]),
+            amount=body["value"],
             request_id=body["requestId"],
             token=body.get("redemptionToken") or "",
             identities=identities(profile.get("email"), profile.get("document")),
@@ -60,16 +60,16 @@ class Transaction(MethodView):
     @blp.response(200, TransactionSchema)
     def get(self, giftCardId, transactionId):
         """One transaction, with links to its settlements, cancellations and authorization."""
-        fields, exponent = ledger().transaction(giftCardId, transactionId)
+        tx, exponent = ledger().transaction(giftCardId, transactionId)
         return {
             "id": transactionId,
             "cardId": giftCardId,
-            "operation": fields["operation"],
-            "value": to_major(int(fields["value"]), exponent),
-            "date": fields["dateMs"],
-            "requestId": fields["requestId"],
-            "orderId": fields.get("orderId", ""),
-            "description": fields.get("description", ""),
+            "operation": tx.operation,
+            "value": to_major(tx.value, exponent),
+            "date": tx.date_ms,
+            "requestId": tx.request_id,
+            "orderId": tx.order_id,
+            "description": tx.description,
             "settlement": {"href": links().settlements(giftCardId, transactionId)},
             "cancellation": {"href": links().cancellations(giftCardId, transactionId)},
             "authorization": {"href": links().authorization(giftCardId, transactionId)},
@@ -82,5 +82,5 @@ class Authorization(MethodView):
     @blp.response(200, OperationSchema)
     def get(self, giftCardId, transactionId):
         """The original authorization: the transaction's id, value and date."""
-        fields, exponent = ledger().transaction(giftCardId, transactionId)
-        return {"oid": transactionId, "value": to_major(int(fields["value"]), exponent), "date": fields["dateMs"]}
+        tx, exponent = ledger().transaction(giftCardId, transactionId)
+        return {"oid": transactionId, "value": to_major(tx.value, exponent), "date": tx.date_ms}
