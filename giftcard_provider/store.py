@@ -1,15 +1,13 @@
-"""The ledger store: owns the Redis client and the ledger.lua function library.
+"""The ledger's domain API: cards, transactions, settlements and cancellations, holds, verify.
 
-Views call the methods here; nothing else talks to Redis. Every write is one
-FCALL (one round trip); reads are one FCALL_RO or one pipeline, except search
-by code, which first resolves the code index.
+The HTTP blueprints and the CLI call the methods here and get typed records
+(records.py) back; how a call reaches Redis (client, library, durability, 503s)
+is ledger_calls.py. Every write is one FCALL (one round trip); reads are one
+FCALL_RO or one pipeline, except search by code, which first resolves the code index.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import threading
 from collections.abc import Iterator
 
 import redis
@@ -18,14 +16,12 @@ from redis.cluster import RedisCluster
 from . import observability, verify
 from .codes import CodeHasher, new_code, new_id, new_token, normalise
 from .config import Settings
-from .connection import UNAVAILABLE, connect, is_cluster, use_local_fcall_keys
 from .errors import InvalidRequest, NotFound, ProviderError, StoreUnavailable, raise_for_reply
 from .keys import Keys, is_valid_id
+from .ledger_calls import LedgerCalls, translated_errors
 from .ledger_library import RELEASE, Library, installed_libraries, prune_libraries
 from .money import Amount, exponent_of
 from .records import Card, JournalEntry, Operation, Transaction, card_from_read
-
-log = logging.getLogger(__name__)
 
 # Holds the sweeper releases per call on one card (it calls again while a call releases some):
 # keeps each call short on a card with a backlog. Money calls release every due hold.
@@ -35,105 +31,56 @@ SWEEP_BATCH = 100
 STATUSES = ("active", "blocked", "inactive")
 
 
-@contextlib.contextmanager
-def _translated_errors():
-    try:
-        yield
-    except UNAVAILABLE as exc:
-        observability.redis_error("ledger", exc)
-        raise StoreUnavailable(f"the ledger store is unavailable ({type(exc).__name__})") from exc
-
-
 class LedgerStore:
-    """The ledger on one Redis server or on a Redis Cluster (is_cluster).
-
-    Pass a client, or none to connect from settings on first use: a cluster
-    client contacts Redis when it is made, and an app must start (and answer
-    503 on /ready) while Redis is down.
-    """
+    """The ledger on one Redis server or on a Redis Cluster; `client` None connects on first use."""
 
     def __init__(self, client: redis.Redis | RedisCluster | None, settings: Settings, library: Library = RELEASE):
-        self._client = use_local_fcall_keys(client) if is_cluster(client) else client
-        self._connecting = threading.Lock()
-        self.library = library
+        self.calls = LedgerCalls(client, settings, library)
         self.keys = Keys(settings.key_prefix)
         self.hasher = CodeHasher(settings.code_hash_secret)
         self.settings = settings
         self._hold_ms = str(round(settings.hold_lifetime_seconds * 1000))
         self._validity_ms = str(settings.card_validity_days * 86_400_000)
 
-    # -- plumbing -----------------------------------------------------------
+    # -- plumbing: ledger_calls.py --------------------------------------------
 
     @property
     def redis(self) -> redis.Redis | RedisCluster:
-        if self._client is None:
-            with self._connecting, _translated_errors():
-                if self._client is None:
-                    try:
-                        self._client = connect(self.settings)
-                    except redis.exceptions.RedisClusterException as exc:
-                        # No node answered, or the node is not in cluster mode: say which, once per try.
-                        log.error("cannot reach a Redis Cluster at REDIS_URL (REDIS_CLUSTER=1): %s", exc)
-                        raise redis.ConnectionError(str(exc)) from exc
-        return self._client
+        return self.calls.redis
 
     @property
     def cluster(self) -> bool:
-        return is_cluster(self.redis)
+        return self.calls.cluster
+
+    @property
+    def library(self) -> Library:
+        return self.calls.library
+
+    @library.setter
+    def library(self, library: Library) -> None:
+        self.calls.library = library
 
     def load_library(self) -> None:
         """Load this release's ledger.lua (on every primary of a cluster: a function runs where its card's
         slot lives). Calls load it themselves when it is missing; this is for operators and tests."""
-        with _translated_errors():
+        with translated_errors():
             self.library.load(self.redis)
 
     def _fcall(self, name: str, keys: list[str], args: list[str], *, readonly: bool = False):
-        """Call this release's ledger function `name` (gc_authorize, ...), loading the library if missing."""
-        call = self._call_ro if readonly else self._call_rw
-        reply = self._with_library(lambda: call(name, keys, args))
+        reply = self.calls.call(name, keys, args, readonly=readonly)
         observability.ledger_reply(name, args, reply)  # metrics: authorized, refused (by code), settled...
         return reply
 
     def _with_library(self, run):
-        """run() calls this release's ledger functions: load the library if Redis lacks them."""
-        with _translated_errors():
-            return self.library.run(self.redis, run)
-
-    def _call_ro(self, name: str, keys: list[str], args: list[str]):
-        return self.redis.fcall_ro(self.library.function(name), len(keys), *keys, *args)
-
-    def _call_rw(self, name: str, keys: list[str], args: list[str]):
-        s = self.settings
-        function = self.library.function(name)
-        if not (s.redis_wait_local_aof or s.redis_wait_replicas):
-            return self.redis.fcall(function, len(keys), *keys, *args)
-        # Opt-in durability: WAIT / WAITAOF (Redis >= 7.2) ride in the same round trip as the write.
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.fcall(function, len(keys), *keys, *args)
-        if s.redis_wait_local_aof:
-            pipe.execute_command("WAITAOF", s.redis_wait_local_aof, s.redis_wait_replicas, s.redis_wait_timeout_ms)
-        else:
-            pipe.execute_command("WAIT", s.redis_wait_replicas, s.redis_wait_timeout_ms)
-        reply, acked = pipe.execute(raise_on_error=False)
-        if isinstance(reply, Exception):
-            raise reply
-        wanted = [s.redis_wait_local_aof, s.redis_wait_replicas] if s.redis_wait_local_aof else [s.redis_wait_replicas]
-        got = acked if isinstance(acked, list) else [acked]
-        if isinstance(acked, Exception) or any(g < w for g, w in zip(got, wanted, strict=True)):
-            # The change is committed and is answered as such; the log says it is not yet durable.
-            log.warning("write %s not confirmed durable within %d ms: %r", name, s.redis_wait_timeout_ms, acked)
-        return reply
+        return self.calls.run(run)
 
     def _pipeline(self, build) -> list:
-        with _translated_errors():
-            pipe = self.redis.pipeline(transaction=False)
-            build(pipe)
-            return pipe.execute()
+        return self.calls.pipeline(build)
 
     def libraries(self, *, prune: bool = False) -> tuple[list[str], list[str]]:
         """(the ledger libraries loaded in Redis, those pruned): with `prune`, every other release's
         is deleted (ledger_library.prune_libraries says why that is safe). Loads this release's first."""
-        with _translated_errors():
+        with translated_errors():
             self.library.load(self.redis)
             pruned = prune_libraries(self.redis, keep=self.library) if prune else []
             return installed_libraries(self.redis), pruned
@@ -141,7 +88,7 @@ class LedgerStore:
     def ping(self) -> bool:
         """True if Redis answers and runs this release's library on every primary (a PING alone would
         miss a lost library; a missing one is loaded here, as by any call)."""
-        with _translated_errors():
+        with translated_errors():
             return self.library.ping(self.redis) == {self.library.digest}
 
     # -- cards --------------------------------------------------------------
@@ -275,32 +222,32 @@ class LedgerStore:
     def journal(self, card_id: str, *, after: str = "-", count: int | None = None) -> list[JournalEntry]:
         """Journal entries oldest first, from just after entry id `after` (for paging), at most `count`."""
         self._require_id(card_id, "gift card")
-        with _translated_errors():
+        with translated_errors():
             page = self.redis.xrange(self.keys.journal(card_id), "-" if after == "-" else f"({after}", count=count)
         return [JournalEntry.from_stream(entry_id, fields) for entry_id, fields in page]
 
     def journal_tail(self, card_id: str, count: int) -> list[JournalEntry]:
         """The newest `count` journal entries, oldest first."""
         self._require_id(card_id, "gift card")
-        with _translated_errors():
+        with translated_errors():
             page = self.redis.xrevrange(self.keys.journal(card_id), count=count)[::-1]
         return [JournalEntry.from_stream(entry_id, fields) for entry_id, fields in page]
 
     def cards_with_holds(self) -> Iterator[str]:
         """Ids of the cards holding money, by SCAN (the sweeper's tool: never on a request path)."""
-        with _translated_errors():
+        with translated_errors():
             for key in self.redis.scan_iter(match=self.keys.holds_pattern(), count=1000):
                 if card_id := self.keys.card_id_in(key):
                     yield card_id
 
     def card_ids(self) -> Iterator[str]:
         """Every card id, by SCAN (operators' export and verify: never on a request path)."""
-        with _translated_errors():
+        with translated_errors():
             yield from verify.card_ids(self.redis, self.keys)
 
     def verify(self, card_id: str | None = None) -> verify.Report:
         """Recompute one card, or every card and index, from the journals (verify.py)."""
-        with _translated_errors():
+        with translated_errors():
             return verify.verify_store(self.redis, self.keys, card_id, self.library)
 
     def expire_all_holds(self) -> dict:

@@ -1,0 +1,106 @@
+"""How the ledger's domain API reaches Redis: the client, this release's function library, durability
+waits and the translation of outages into StoreUnavailable (a 503).
+
+store.py says *what* to read and write; this module says *how* a call gets there. Nothing here knows
+a card, a transaction or a key name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+import redis
+from redis.cluster import RedisCluster
+
+from . import observability
+from .config import Settings
+from .connection import UNAVAILABLE, connect, is_cluster, use_local_fcall_keys
+from .errors import StoreUnavailable
+from .ledger_library import Library
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def translated_errors():
+    """Redis unreachable, loading, read-only, out of memory, failing over: a StoreUnavailable (503)."""
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        observability.redis_error("ledger", exc)
+        raise StoreUnavailable(f"the ledger store is unavailable ({type(exc).__name__})") from exc
+
+
+class LedgerCalls:
+    """One Redis server or a Redis Cluster (is_cluster), and this release's ledger library on it.
+
+    Pass a client, or none to connect from settings on first use: a cluster
+    client contacts Redis when it is made, and an app must start (and answer
+    503 on /ready) while Redis is down.
+    """
+
+    def __init__(self, client: redis.Redis | RedisCluster | None, settings: Settings, library: Library):
+        self._client = use_local_fcall_keys(client) if is_cluster(client) else client
+        self._connecting = threading.Lock()
+        self.settings = settings
+        self.library = library
+
+    @property
+    def redis(self) -> redis.Redis | RedisCluster:
+        if self._client is None:
+            with self._connecting, translated_errors():
+                if self._client is None:
+                    try:
+                        self._client = connect(self.settings)
+                    except redis.exceptions.RedisClusterException as exc:
+                        # No node answered, or the node is not in cluster mode: say which, once per try.
+                        log.error("cannot reach a Redis Cluster at REDIS_URL (REDIS_CLUSTER=1): %s", exc)
+                        raise redis.ConnectionError(str(exc)) from exc
+        return self._client
+
+    @property
+    def cluster(self) -> bool:
+        return is_cluster(self.redis)
+
+    def call(self, name: str, keys: list[str], args: list[str], *, readonly: bool = False):
+        """FCALL (FCALL_RO) this release's ledger function `name` (gc_authorize, ...), in one round trip,
+        loading the library if Redis lacks it; a write waits for durability when configured."""
+        function = self.library.function(name)
+        if readonly:
+            return self.run(lambda: self.redis.fcall_ro(function, len(keys), *keys, *args))
+        return self.run(lambda: self._write(name, function, keys, args))
+
+    def run(self, work):
+        """work() calls this release's ledger functions: load the library if Redis lacks them."""
+        with translated_errors():
+            return self.library.run(self.redis, work)
+
+    def pipeline(self, build) -> list:
+        """One round trip: build(pipe) queues the commands, their replies come back in order."""
+        with translated_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            build(pipe)
+            return pipe.execute()
+
+    def _write(self, name: str, function: str, keys: list[str], args: list[str]):
+        s = self.settings
+        if not (s.redis_wait_local_aof or s.redis_wait_replicas):
+            return self.redis.fcall(function, len(keys), *keys, *args)
+        # Opt-in durability: WAIT / WAITAOF (Redis >= 7.2) ride in the same round trip as the write.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.fcall(function, len(keys), *keys, *args)
+        if s.redis_wait_local_aof:
+            pipe.execute_command("WAITAOF", s.redis_wait_local_aof, s.redis_wait_replicas, s.redis_wait_timeout_ms)
+        else:
+            pipe.execute_command("WAIT", s.redis_wait_replicas, s.redis_wait_timeout_ms)
+        reply, acked = pipe.execute(raise_on_error=False)
+        if isinstance(reply, Exception):
+            raise reply
+        wanted = [s.redis_wait_local_aof, s.redis_wait_replicas] if s.redis_wait_local_aof else [s.redis_wait_replicas]
+        got = acked if isinstance(acked, list) else [acked]
+        if isinstance(acked, Exception) or any(g < w for g, w in zip(got, wanted, strict=True)):
+            # The change is committed and is answered as such; the log says it is not yet durable.
+            log.warning("write %s not confirmed durable within %d ms: %r", name, s.redis_wait_timeout_ms, acked)
+        return reply
