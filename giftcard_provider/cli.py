@@ -75,6 +75,8 @@ class OperatorGroup(AppGroup):
             with logs_on_stderr():
                 return super().invoke(ctx)
         except StoreUnavailable as exc:
+            if exc.code == "card_moving":
+                raise click.ClickException(exc.message) from exc
             raise click.ClickException(f"{exc.message}: check REDIS_URL and that Redis is up") from exc
         except ProviderError as exc:
             raise click.ClickException(exc.message) from exc

@@ -78,6 +78,8 @@ def raise_for_reply(reply: list, what: str = "gift card") -> tuple[bool, list]:
         return status == "replay", reply[1:]
     if status == "not_found":
         raise NotFound(f"{what} not found")
+    if status == "card_moving":
+        raise StoreUnavailable("the card is being moved by an upgrade of the ledger; retry", code="card_moving")
     if status == "conflict":
         field = _text(reply[1])
         raise Conflict(f"requestId was already used with a different {field}", field=field)

@@ -102,7 +102,7 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 _OPERATIONS = frozenset({"debit", "credit", "settlement", "cancellation", "expiry"})
 _CONFLICT_FIELDS = frozenset({"operation", "value"})
 _INVALID_REASONS = frozenset({"invalid_amount", "invalid_amount_precision", "invalid_operation", "invalid_limit"})
-_REFUSAL_REASONS = frozenset(_REFUSALS)  # the ledger's refusal codes, as errors.py maps them to 422s
+_REFUSAL_REASONS = frozenset({*_REFUSALS, "card_moving"})  # the ledger's refusal codes (422s, and the 503)
 
 
 def _bounded(value: str, allowed: frozenset[str]) -> str:

@@ -253,17 +253,20 @@ class LedgerStore:
     def expire_all_holds(self) -> dict:
         """The sweeper's pass: release every hold past its deadline, card by card, SWEEP_BATCH per call.
 
-        Returns {"cardsWithHolds", "holdsReleased", "released": {card: n}, "errors": {card: message}};
-        a card that cannot be swept (removed by hand under its holds) is reported, not fatal.
+        Returns {"cardsWithHolds", "holdsReleased", "released": {card: n}, "errors": {card: message},
+        "moving": [card]}; a card that cannot be swept (removed by hand under its holds, or being moved
+        by an upgrade) is reported, not fatal.
         """
-        released, errors = {}, {}
+        released, errors, moving = {}, {}, []
         holding = list(self.cards_with_holds())
         for card_id in holding:
             try:
                 while count := self.expire_holds(card_id):
                     released[card_id] = released.get(card_id, 0) + count
-            except StoreUnavailable:
-                raise
+            except StoreUnavailable as exc:
+                if exc.code != "card_moving":
+                    raise
+                moving.append(card_id)  # an upgrade is moving it: the new release sweeps it
             except ProviderError as exc:
                 errors[card_id] = exc.message
         return {
@@ -271,6 +274,7 @@ class LedgerStore:
             "holdsReleased": sum(released.values()),
             "released": released,
             "errors": errors,
+            "moving": moving,
         }
 
     # -- money rules applied before the ledger ---------------------------------

@@ -375,7 +375,7 @@ def test_expire_holds_releases_only_due_holds(app, short_app):
     time.sleep(0.3)
 
     result = ok_json(short_app, "expire-holds")
-    assert result == {"cardsWithHolds": 2, "holdsReleased": 1, "released": {due: 1}, "errors": {}}
+    assert result == {"cardsWithHolds": 2, "holdsReleased": 1, "released": {due: 1}, "errors": {}, "moving": []}
     card = ok_json(app, "show", due)
     assert (card["balance"], card["held"], card["journal"][-1]["kind"]) == ("9.00", "0.00", "expire")
     assert ok_json(app, "show", kept)["held"] == "3.00"

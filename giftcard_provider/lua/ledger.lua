@@ -172,6 +172,13 @@ local function names_owner(owner, args, first)
   return false
 end
 
+-- An upgrade moving this card to a new layout marks it first (field movedTo): from then on this
+-- release changes nothing on it, so no write can land in keys the move has already copied. The
+-- caller answers 503; the Hub's retry reaches a process of the new release.
+local function moving(card_key)
+  return redis.call('HEXISTS', card_key, 'movedTo') == 1
+end
+
 local function card_usable(card_key, at)
   local status, from, to = unpack(redis.call('HMGET', card_key, 'status', 'emissionMs', 'expiringMs'))
   if status ~= 'active' then return 'card_' .. (status or 'missing') end
@@ -215,7 +222,7 @@ wrong call can never destroy a ledger.
 local function discard_card(keys, args)
   local seq = redis.call('HGET', keys[1], 'seq')
   if not seq then return {'not_found'} end
-  if seq ~= '0' or redis.call('EXISTS', keys[2]) == 1 then return {'in_use'} end
+  if seq ~= '0' or redis.call('EXISTS', keys[2]) == 1 or moving(keys[1]) then return {'in_use'} end
   redis.call('DEL', keys[1])
   return {'ok'}
 end
@@ -238,7 +245,7 @@ ARGV[9] description ("" = not given), stored with the transaction
 ARGV[10..] the identities the order names (e-mail, document), normalised: a
         Debit on a card restricted to its owner must name the owner
 Returns {"ok"|"replay", txId, dateMs}
-      | {"conflict", field} | {"not_found"} | {"invalid_operation"} | {"invalid_amount"}
+      | {"conflict", field} | {"not_found"} | {"card_moving"} | {"invalid_operation"} | {"invalid_amount"}
       | {"invalid_amount_precision", currency, exponent}
       | {"card_blocked"|"card_inactive"|"card_expired"|"card_not_yet_valid"}
       | {"token_required"} | {"token_mismatch"} | {"owner_mismatch"} | {"redemption_used"}
@@ -249,6 +256,7 @@ local function authorize(keys, args)
   local tx_id, op, request_id, token, description = args[1], args[2], args[5], args[6], args[9]
   if op ~= 'Debit' and op ~= 'Credit' then return {'invalid_operation'} end
   if redis.call('EXISTS', card) == 0 then return {'not_found'} end
+  if moving(card) then return {'card_moving'} end
   local minor, refusal = to_minor(args[3], args[4], redis.call('HGET', card, 'exponent'))
   local seen = redis.call('HGET', requests, request_id)
   if seen then
@@ -316,6 +324,7 @@ end
 local function open_operation(kind, card, tx, tx_requests, journal_key, holds, args)
   local tx_id, op = unpack(redis.call('HMGET', tx, 'id', 'operation'))
   if not tx_id or redis.call('EXISTS', card) == 0 then return {'not_found'} end
+  if moving(card) then return {'card_moving'} end
   if op ~= 'Debit' and op ~= 'Credit' then return {'invalid_operation'} end
   local minor, refusal = to_minor(args[2], args[3], redis.call('HGET', card, 'exponent'))
   local seen = redis.call('HGET', tx_requests, kind .. ':' .. args[4])
@@ -347,7 +356,7 @@ KEYS[4] settlements          gc:{C}:tx:T:settlements (list "oid|minor|ms|request
 KEYS[5] journal              gc:{C}:journal
 KEYS[6] hold deadlines       gc:{C}:holds
 ARGV[1] new settlement id; ARGV[2] coefficient; ARGV[3] scale; ARGV[4] requestId
-Returns {"ok"|"replay", oid, minor, dateMs, exponent} | {"not_found"} | {"conflict", "value"}
+Returns {"ok"|"replay", oid, minor, dateMs, exponent} | {"not_found"} | {"card_moving"} | {"conflict", "value"}
       | {"invalid_operation"} | {"invalid_amount"} | {"invalid_amount_precision", currency, exponent}
       | {"exceeds_settleable"}
 --]]
@@ -382,7 +391,7 @@ KEYS[4] cancellations        gc:{C}:tx:T:cancellations (list "oid|minor|ms|reque
 KEYS[5] journal              gc:{C}:journal
 KEYS[6] hold deadlines       gc:{C}:holds
 ARGV[1] new cancellation id; ARGV[2] coefficient; ARGV[3] scale; ARGV[4] requestId
-Returns {"ok"|"replay", oid, minor, dateMs, exponent} | {"not_found"} | {"conflict", "value"}
+Returns {"ok"|"replay", oid, minor, dateMs, exponent} | {"not_found"} | {"card_moving"} | {"conflict", "value"}
       | {"invalid_operation"} | {"invalid_amount"} | {"invalid_amount_precision", currency, exponent}
       | {"exceeds_cancellable"} | {"insufficient_balance"}
 --]]
@@ -423,12 +432,13 @@ end
 --[[ gc_expire_holds: release a card's holds past their deadline now (the sweeper)
 KEYS[1] card hash gc:{C}:card; KEYS[2] journal gc:{C}:journal; KEYS[3] hold deadlines gc:{C}:holds
 ARGV[1] at most this many holds in this call (the sweeper calls again while a call releases some)
-Returns {"ok", holdsReleased} | {"not_found"} | {"invalid_limit"}
+Returns {"ok", holdsReleased} | {"not_found"} | {"card_moving"} | {"invalid_limit"}
 --]]
 local function expire_holds(keys, args)
   local limit = tonumber(args[1])
   if not limit or limit < 1 then return {'invalid_limit'} end
   if redis.call('EXISTS', keys[1]) == 0 then return {'not_found'} end
+  if moving(keys[1]) then return {'card_moving'} end
   return {'ok', release_expired(keys[1], keys[3], keys[2], now_ms(), limit)}
 end
 
@@ -503,7 +513,7 @@ KEYS[1] card hash            gc:{C}:card
 ARGV[1] new status "active" | "blocked" | "inactive"
 ARGV[2] reason, recorded as statusReason
 Returns {"ok", previousStatus, changedMs} | {"unchanged", status, statusChangedMs or ""}
-      | {"not_found"} | {"card_inactive"} | {"invalid_status"}
+      | {"not_found"} | {"card_moving"} | {"card_inactive"} | {"invalid_status"}
 "inactive" is final: a deactivated card never becomes active or blocked again.
 A card's status gates new transactions only: holds already taken stay
 settleable and cancellable in every status.
@@ -513,6 +523,7 @@ local function set_status(keys, args)
   if status ~= 'active' and status ~= 'blocked' and status ~= 'inactive' then return {'invalid_status'} end
   local current, changed = unpack(redis.call('HMGET', keys[1], 'status', 'statusChangedMs'))
   if not current then return {'not_found'} end
+  if moving(keys[1]) then return {'card_moving'} end
   if current == status then return {'unchanged', current, changed or ''} end
   if current == 'inactive' then return {'card_inactive'} end
   local at = now_ms()

@@ -1,0 +1,43 @@
+"""A card an upgrade is moving to a new layout: this release changes nothing on it, and says so with a 503.
+
+The next release's migration marks each card (field movedTo) before it copies the card's keys; from
+then on every write function of this release refuses the card, so no write can land where the copy
+has already been made, while reads still answer. The Hub retries a 503 and reaches the new release.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from .hub import body
+from .snapshot import unchanged
+
+
+def mark_moving(store, card_id: str) -> None:
+    store.redis.hset(store.keys.card(card_id), "movedTo", "v2")
+
+
+def test_a_card_being_moved_takes_no_write_and_still_reads(hub, store, app):
+    card = hub.funded_card(Decimal("10"), currencyCode="BRL")
+    tx = hub.debit(card["id"], Decimal("4"))
+    mark_moving(store, card["id"])
+    writes = {
+        "debit": lambda: hub.transaction(card["id"], "Debit", Decimal("1")),
+        "credit": lambda: hub.transaction(card["id"], "Credit", Decimal("1")),
+        "settle": lambda: hub.settle(card["id"], tx, Decimal("1")),
+        "cancel": lambda: hub.cancel(card["id"], tx, Decimal("1")),
+    }
+    for name, write in writes.items():
+        with unchanged(store.redis):
+            response = write()
+        assert response.status_code == 503, name
+        assert body(response)["code"] == "card_moving", name
+        assert response.headers["Retry-After"] == "1"
+    assert hub.balance(card["id"]) == 6  # reads still answer
+    runner = app.test_cli_runner()
+    with unchanged(store.redis):
+        result = runner.invoke(args=["cards", "block", card["id"], "--reason", "test"])
+    assert result.exit_code == 1 and "moved by an upgrade" in result.output
+    with unchanged(store.redis):
+        assert store.expire_all_holds()["moving"] == [card["id"]]
+    store.redis.hdel(store.keys.card(card["id"]), "movedTo")  # for verify after the test
