@@ -28,6 +28,8 @@ only when a card is created, after the card, so they never name a missing card):
     gc:code:<hmac>                string  card id, by HMAC-SHA256 of the normalised
                                           redemption code (a dump leaks no spendable code)
     gc:owner:<profileId>          set     ids of the cards owned by a profile (id or email)
+    gc:layout                     string  the layout version of the store, written by a layout
+                                          migration; absent means v1, this one
     gc:limits:<scope>:<seconds>:<n>
                                   hash    failed code look-ups in window n (epoch seconds // seconds)
                                           of a limit of that length, scope client (a shopper's whole
@@ -93,6 +95,10 @@ class Keys:
     def code_lookup_failures(self, scope: str, seconds: int, window: int) -> str:
         """Failed code look-ups per subject in one fixed window of one limit length (throttle.py)."""
         return f"{self.prefix}:limits:{scope}:{seconds}:{window}"
+
+    def layout(self) -> str:
+        """The store's layout version, written by the release that migrated it; absent means v1."""
+        return f"{self.prefix}:layout"
 
     def all_cards_pattern(self) -> str:
         """For operators' SCAN (verify, export): never used on a request path."""

@@ -22,6 +22,11 @@ from .ledger_library import Library
 
 log = logging.getLogger(__name__)
 
+# The layout of keys this release reads and writes (keys.py). A store that another release has
+# migrated to a newer layout says so in its layout key; this release then refuses to serve it
+# rather than find no cards there or write cards of the old layout beside the new ones.
+LAYOUT = "v1"
+
 
 @contextlib.contextmanager
 def translated_errors():
@@ -41,9 +46,13 @@ class LedgerCalls:
     503 on /ready) while Redis is down.
     """
 
-    def __init__(self, client: redis.Redis | RedisCluster | None, settings: Settings, library: Library):
+    def __init__(
+        self, client: redis.Redis | RedisCluster | None, settings: Settings, library: Library, layout_key: str
+    ):
         self._client = use_local_fcall_keys(client) if is_cluster(client) else client
         self._connecting = threading.Lock()
+        self._layout_key = layout_key
+        self._layout_checked = False
         self.settings = settings
         self.library = library
 
@@ -58,7 +67,22 @@ class LedgerCalls:
                         # No node answered, or the node is not in cluster mode: say which, once per try.
                         log.error("cannot reach a Redis Cluster at REDIS_URL (REDIS_CLUSTER=1): %s", exc)
                         raise redis.ConnectionError(str(exc)) from exc
+        if not self._layout_checked:
+            self._check_layout(self._client)
         return self._client
+
+    def _check_layout(self, client) -> None:
+        """Once per process (until it succeeds): the store must hold this release's layout."""
+        with translated_errors():
+            layout = client.get(self._layout_key)
+        if layout not in (None, LAYOUT):
+            log.error("Redis holds a ledger of layout %r; this release serves layout %s", layout, LAYOUT)
+            raise StoreUnavailable(
+                f"Redis holds a ledger of layout {layout!r}, which this release cannot serve (it serves {LAYOUT}): "
+                "deploy the release that migrated it",
+                code="layout_unknown",
+            )
+        self._layout_checked = True
 
     @property
     def cluster(self) -> bool:

@@ -35,8 +35,8 @@ class LedgerStore:
     """The ledger on one Redis server or on a Redis Cluster; `client` None connects on first use."""
 
     def __init__(self, client: redis.Redis | RedisCluster | None, settings: Settings, library: Library = RELEASE):
-        self.calls = LedgerCalls(client, settings, library)
         self.keys = Keys(settings.key_prefix)
+        self.calls = LedgerCalls(client, settings, library, self.keys.layout())
         self.hasher = CodeHasher(settings.code_hash_secret)
         self.settings = settings
         self._hold_ms = str(round(settings.hold_lifetime_seconds * 1000))

@@ -41,3 +41,28 @@ def test_a_card_being_moved_takes_no_write_and_still_reads(hub, store, app):
     with unchanged(store.redis):
         assert store.expire_all_holds()["moving"] == [card["id"]]
     store.redis.hdel(store.keys.card(card["id"]), "movedTo")  # for verify after the test
+
+
+def test_a_store_of_another_layout_is_refused_clearly(backend, settings):
+    """A store migrated to a newer layout (or half-way there): this release answers 503 naming the
+    layout rather than find no cards in it, or write old-layout cards beside the new ones."""
+    from giftcard_provider import create_app
+
+    from .conftest import APP_KEY, APP_TOKEN
+    from .hub import Hub
+
+    key = f"{settings.key_prefix}:layout"
+    for layout in ("v2", "migrating:12/4096"):
+        backend.set(key, layout)
+        app = create_app(settings, redis_client=backend)
+        hub = Hub(app.test_client(), {"X-PROVIDER-API-AppKey": APP_KEY, "X-PROVIDER-API-AppToken": APP_TOKEN})
+        response = hub.post("/giftcards", {"relationName": "r", "caption": "c", "profileId": "p@example.com"})
+        assert response.status_code == 503 and body(response)["code"] == "layout_unknown"
+        assert repr(layout) in body(response)["message"]
+        ready = app.test_client().get("/ready")
+        assert ready.status_code == 503 and "layout" in ready.json["reason"]
+    assert [k for k in backend.scan_iter(match=f"{settings.key_prefix}:*")] == [key]  # nothing was written
+    backend.set(key, "v1")  # this release's own layout, written or not
+    app = create_app(settings, redis_client=backend)
+    assert app.test_client().get("/ready").status_code == 200
+    backend.delete(key)
