@@ -432,7 +432,7 @@ def key_kind(key: str, prefix: str) -> str:
 
 
 def key_census(r, prefix: str) -> KeyCensus:
-    r.execute_command("MEMORY PURGE")  # see run_life: it frees pages, not allocations; used_memory must not move
+    r.execute_command("MEMORY PURGE")  # see run_life: it frees pages, not allocations; used_memory does not move
     memory = r.info("memory")
     keys = list(r.scan_iter(count=1000))
     pipe = r.pipeline(transaction=False)
@@ -552,9 +552,10 @@ def run_life(args) -> list[str]:
         _, warmup = life_requests(hub, 1, "warmup")
         for _, step in warmup:
             step(0)
-        # used_memory counts allocations; MEMORY PURGE only hands jemalloc's dirty pages back to the OS (RSS).
-        # Each census purges anyway and reads used_memory after it; this shows the purge does not move it.
-        # (The first INFO calls of a fresh server grow used_memory by ~24 KB once: hence two reads before.)
+        # used_memory counts the bytes allocated; MEMORY PURGE only hands jemalloc's dirty pages back to the OS
+        # (RSS), so it cannot shrink used_memory. Each census purges anyway and reads used_memory after it. The
+        # one thing a purge does move: the first one on a fresh server adds ~24 KB once (seen here; later purges
+        # move it by a few bytes at most), which this first purge absorbs before any step is measured.
         reads = [used_memory(r), used_memory(r)]
         r.execute_command("MEMORY PURGE")
         reads.append(used_memory(r))
