@@ -191,7 +191,7 @@ def bulk_settle(store: LedgerStore, card_id: str, tx_ids: list[str], value: str,
 
 
 def run(args) -> list[str]:
-    if args.life:
+    if getattr(args, "life", 0):  # run_all builds its own namespace, without --life
         return run_life(args)
     wrk_binary()
     say("## Scaling: many cards, many transactions on one card, memory")
