@@ -199,6 +199,28 @@ class JournalEntry:
         )
 
 
+@dataclass(frozen=True)
+class OperationList:
+    """A transaction's settlements or cancellations as gc_read_operations read them, with the release
+    its hold's deadline has made due but no call has written yet (the very record ledger.lua's
+    release_if_due will write: oid "<txId>-expired", the held amount, dated at the deadline)."""
+
+    records: list[Operation]
+    exponent: int
+    due_release: Operation | None
+
+    @classmethod
+    def from_reply(cls, tx_id: str, reply: list) -> OperationList | None:
+        """{"ok", nowMs, exponent, held, holdDeadlineMs, record...} | {"not_found"}"""
+        if reply[0] == "not_found":
+            return None
+        _, now_ms, exponent, held, deadline, *packed = reply
+        due = None
+        if held and int(held) > 0 and int(deadline) <= int(now_ms):
+            due = Operation(f"{tx_id}-expired", int(held), int(deadline), "", "expired")
+        return cls([Operation.parse(p) for p in packed], int(exponent), due)
+
+
 def _pairs(flat: list) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 

@@ -21,7 +21,7 @@ from .keys import Keys, is_valid_id
 from .ledger_calls import LedgerCalls, translated_errors
 from .ledger_library import RELEASE, Library, installed_libraries, prune_libraries
 from .money import Amount, exponent_of
-from .records import Card, JournalEntry, Operation, Transaction, card_from_read
+from .records import Card, JournalEntry, Operation, OperationList, Transaction, card_from_read
 
 # Holds the sweeper releases per call on one card (it calls again while a call releases some):
 # keeps each call short on a card with a backlog. Money calls release every due hold.
@@ -409,20 +409,20 @@ class LedgerStore:
 
     def settlements(self, card_id: str, tx_id: str) -> tuple[list[Operation], int]:
         """A transaction's settlements, oldest first, and the card's currency exponent."""
-        records, exponent, _ = self._records(self.keys.settlements, card_id, tx_id)
-        return records, exponent
+        read = self._operations(self.keys.settlements, card_id, tx_id)
+        return read.records, read.exponent
 
     def cancellations(self, card_id: str, tx_id: str) -> tuple[list[Operation], int]:
         """A transaction's cancellations, oldest first, and the card's currency exponent.
 
         A hold past its deadline that no money call has released yet is listed
-        as the very record its release will write (see release_expired in
+        as the very record its release will write (see release_if_due in
         ledger.lua), so the Hub's sum never misses money that is already back.
         """
-        records, exponent, pending = self._records(self.keys.cancellations, card_id, tx_id)
-        return records + pending, exponent
+        read = self._operations(self.keys.cancellations, card_id, tx_id)
+        return read.records + ([read.due_release] if read.due_release else []), read.exponent
 
-    def _records(self, records_key, card_id, tx_id) -> tuple[list[Operation], int, list[Operation]]:
+    def _operations(self, records_key, card_id, tx_id) -> OperationList:
         self._require_id(card_id, "transaction")
         self._require_id(tx_id, "transaction")
         reply = self._fcall(
@@ -431,13 +431,10 @@ class LedgerStore:
             [],
             readonly=True,
         )
-        if reply[0] == "not_found":
+        read = OperationList.from_reply(tx_id, reply)
+        if read is None:
             raise NotFound("transaction not found")
-        _, now_ms, exponent, held, deadline, *packed = reply
-        pending = []
-        if held and int(held) > 0 and int(deadline) <= int(now_ms):
-            pending.append(Operation(f"{tx_id}-expired", int(held), int(deadline), "", "expired"))
-        return [Operation.parse(p) for p in packed], int(exponent), pending
+        return read
 
     @staticmethod
     def _require_id(value: str, what: str) -> None:
