@@ -21,13 +21,15 @@ port, no persistence, DEBUG allowed from loopback only):
    index), `export` of every journal to /dev/null.
 
 Each is measured as Redis CPU seconds (INFO cpu used_cpu_sys + used_cpu_user
-deltas of the private redis-server: what the operation costs Redis, and steady
-while other processes use the machine's cores), wall seconds, this process's CPU
-seconds (the CLI: Python, redis-py), the SCAN calls and commands Redis executed
-(INFO commandstats / stats deltas, minus the measuring INFO calls), and the
-cores the rest of the machine kept busy meanwhile (/proc/stat: other people's
-load, which slows the wall figures, not the CPU ones). DBSIZE and used_memory
-are printed per size.
+deltas of the private redis-server: what the operation costs Redis; far steadier
+than wall time while other processes use the machine's cores, though not immune:
+see "How it measures" in bench/README.md), wall seconds, this process's CPU
+seconds (the CLI: Python, redis-py), the SCAN calls and the time Redis spent
+inside them (INFO commandstats calls and usec: Redis's clock around each command,
+so it can exceed the CPU figure when the process waits for a core), the commands
+Redis executed, those run inside functions included (INFO stats, minus the
+measuring INFO call), and the cores the rest of the machine kept busy meanwhile
+(/proc/stat: other people's load). DBSIZE and used_memory are printed per size.
 
 Targets (the "Ledger v2" issue): a sweeper pass with the same cards holding money
 costs within 2x beside the biggest keyspace as beside the smallest; verify and
@@ -35,8 +37,9 @@ export cost grows with the cards and entries they read, not with the keyspace
 (they read the same cards and entries at every size here, so they too are held
 to 2x of the smallest size).
 
-Only the store's public API (create_card, authorize) and the operator CLI are
-used, so the script keeps working while the store's layout changes underneath.
+Only the store's public API (LedgerStore(client, settings), create_card,
+authorize, card_ids) and the operator CLI are used, so the script keeps working
+while the store's layout changes underneath.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ class Measured:
     wall: float
     own_cpu: float
     scans: int
-    in_scan: float  # seconds Redis spent executing SCAN (commandstats usec: no network I/O)
+    in_scan: float  # seconds inside SCAN by Redis's clock (commandstats usec): no network I/O, but not CPU time
     commands: int
     other_cores: float
 
@@ -215,7 +218,7 @@ def run_size(args, other_keys: int) -> dict:
 
 
 def size_table(size: dict) -> str:
-    headers = ["operation", "result", "Redis CPU s", "of it in SCAN s", "wall s", "CLI CPU s", "SCAN calls"]
+    headers = ["operation", "result", "Redis CPU s", "inside SCAN s", "wall s", "CLI CPU s", "SCAN calls"]
     headers += ["commands (incl. in functions)", "other load (cores)"]
     rows = [
         [m.label, m.result, f"{m.redis_cpu:.3f}", f"{m.in_scan:.3f}", f"{m.wall:.3f}", f"{m.own_cpu:.3f}",
