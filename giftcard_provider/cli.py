@@ -75,7 +75,7 @@ class OperatorGroup(AppGroup):
             with logs_on_stderr():
                 return super().invoke(ctx)
         except StoreUnavailable as exc:
-            if exc.code == "card_moving":
+            if exc.code != StoreUnavailable.code:  # card_moving, layout_unknown: Redis itself is fine
                 raise click.ClickException(exc.message) from exc
             raise click.ClickException(f"{exc.message}: check REDIS_URL and that Redis is up") from exc
         except ProviderError as exc:
@@ -731,6 +731,8 @@ def expire_holds(as_json):
         )
         for cid, message in result["errors"].items():
             click.echo(f"card {cid}: {message}", err=True)
+        if result["moving"]:
+            click.echo(f"{len(result['moving'])} card(s) skipped: being moved by a layout upgrade", err=True)
     if result["errors"]:
         click.get_current_context().exit(1)
 
@@ -774,6 +776,8 @@ def sweep(every, passes):
                     )
                 for cid, message in result["errors"].items():
                     click.echo(f"sweep: card {cid}: {message}", err=True)
+                if result["moving"]:
+                    click.echo(f"sweep: {len(result['moving'])} card(s) skipped: being moved by a layout upgrade")
             except (ProviderError, redis.RedisError) as exc:
                 click.echo(f"sweep: pass failed, retrying in {every:g} s: {exc}", err=True)
             done += 1

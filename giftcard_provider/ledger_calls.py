@@ -24,8 +24,21 @@ log = logging.getLogger(__name__)
 
 # The layout of keys this release reads and writes (keys.py). A store that another release has
 # migrated to a newer layout says so in its layout key; this release then refuses to serve it
-# rather than find no cards there or write cards of the old layout beside the new ones.
+# rather than find no cards there or write cards of the old layout beside the new ones. While a
+# migration runs ("migrating..."), this release still serves: each card it moves is marked first
+# (movedTo), and ledger.lua refuses writes to marked cards.
 LAYOUT = "v1"
+
+
+def layout_refusal(layout: str | None) -> StoreUnavailable | None:
+    """The error to answer for a store marked with `layout`, or None if this release may serve it."""
+    if layout in (None, LAYOUT) or layout.startswith("migrating"):
+        return None
+    return StoreUnavailable(
+        f"Redis holds a ledger of layout {layout!r}, which this release cannot serve (it serves {LAYOUT}): "
+        "deploy the release that migrated it",
+        code="layout_unknown",
+    )
 
 
 @contextlib.contextmanager
@@ -51,8 +64,9 @@ class LedgerCalls:
     ):
         self._client = use_local_fcall_keys(client) if is_cluster(client) else client
         self._connecting = threading.Lock()
-        self._layout_key = layout_key
+        self.layout_key = layout_key
         self._layout_checked = False
+        self._layout_logged = False
         self.settings = settings
         self.library = library
 
@@ -72,16 +86,17 @@ class LedgerCalls:
         return self._client
 
     def _check_layout(self, client) -> None:
-        """Once per process (until it succeeds): the store must hold this release's layout."""
+        """Until it passes once in a process: the store must hold a layout this release serves. (A
+        migration that finishes later is met by card creation, which reads the marker again, and by
+        ledger.lua's refusal of every card the migration marked.)"""
         with translated_errors():
-            layout = client.get(self._layout_key)
-        if layout not in (None, LAYOUT):
-            log.error("Redis holds a ledger of layout %r; this release serves layout %s", layout, LAYOUT)
-            raise StoreUnavailable(
-                f"Redis holds a ledger of layout {layout!r}, which this release cannot serve (it serves {LAYOUT}): "
-                "deploy the release that migrated it",
-                code="layout_unknown",
-            )
+            layout = client.get(self.layout_key)
+        refusal = layout_refusal(layout)
+        if refusal is not None:
+            if not self._layout_logged:  # every request is refused alike: say it once per process
+                log.error("Redis holds a ledger of layout %r; this release serves layout %s", layout, LAYOUT)
+                self._layout_logged = True
+            raise refusal
         self._layout_checked = True
 
     @property

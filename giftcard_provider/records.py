@@ -3,8 +3,8 @@
 Redis hashes hold cards and transactions as flat string fields (keys.py has the
 layout); the journal is a stream; settlements and cancellations are packed
 "oid|minor|dateMs|requestId|reason" strings. Everything above the store (the
-HTTP blueprints, the CLI, verify, bench) reads these records instead, so a
-change of layout is a change here and in ledger.lua, nowhere else.
+HTTP blueprints, the CLI, verify, bench) reads these records instead. (What the
+store writes, and the key names, are in store.py, keys.py and ledger.lua.)
 
 Amounts are integer minor units of the card's currency; times are epoch
 milliseconds on Redis's clock.

@@ -18,7 +18,7 @@ from .codes import CodeHasher, new_code, new_id, new_token, normalise
 from .config import Settings
 from .errors import InvalidRequest, NotFound, ProviderError, StoreUnavailable, raise_for_reply
 from .keys import Keys, is_valid_id
-from .ledger_calls import LedgerCalls, translated_errors
+from .ledger_calls import LedgerCalls, layout_refusal, translated_errors
 from .ledger_library import RELEASE, Library, installed_libraries, prune_libraries
 from .money import Amount, exponent_of
 from .records import Card, JournalEntry, Operation, OperationList, Transaction, card_from_read
@@ -154,13 +154,28 @@ class LedgerStore:
         raise ProviderError("card creation collided three times; please retry")
 
     def _index_card(self, card_id: str, code_digest: str, profile_id: str) -> bool:
-        """Point the code and owner indexes at a new card; False (and the card withdrawn) if the code is taken."""
+        """Point the code and owner indexes at a new card; False (and the card withdrawn) if the code is taken.
+
+        The same round trip reads the layout marker again: if a migration to another layout has
+        finished since this process started, the new card would be left behind in the old layout,
+        so it is withdrawn and the answer is a 503 (ledger_calls.layout_refusal).
+        """
         code_key, owner_key = self.keys.code_index(code_digest), self.keys.owner_index(profile_id)
-        claimed, _ = self._pipeline(lambda pipe: (pipe.set(code_key, card_id, nx=True), pipe.sadd(owner_key, card_id)))
-        if claimed:
+        claimed, _, layout = self._pipeline(
+            lambda pipe: (
+                pipe.set(code_key, card_id, nx=True),
+                pipe.sadd(owner_key, card_id),
+                pipe.get(self.calls.layout_key),
+            )
+        )
+        refusal = layout_refusal(layout)
+        if claimed and refusal is None:
             return True
-        self._pipeline(lambda pipe: pipe.srem(owner_key, card_id))  # the index goes before the card it names
+        # The indexes go before the card they name.
+        self._pipeline(lambda pipe: (pipe.srem(owner_key, card_id), claimed and pipe.delete(code_key)))
         self._fcall("gc_discard_card", [self.keys.card(card_id), self.keys.transactions(card_id)], [])
+        if refusal is not None:
+            raise refusal
         return False
 
     def card(self, card_id: str) -> Card | None:

@@ -48,7 +48,11 @@ def _check_card(client: redis.Redis, keys: Keys, card_id: str, library: Library)
     """(verify_card's problems, whether the card is unreachable: see unreachable_cards)."""
     call_keys = [keys.card(card_id), keys.transactions(card_id), keys.requests(card_id)]
     call_keys += [keys.journal(card_id), keys.holds(card_id)]
-    snapshot = LedgerSnapshot.from_reply(card_id, library.call(client, "gc_read_ledger", call_keys, [], readonly=True))
+    reply = library.call(client, "gc_read_ledger", call_keys, [], readonly=True)
+    try:
+        snapshot = LedgerSnapshot.from_reply(card_id, reply)
+    except (KeyError, ValueError) as exc:  # a record damaged by hand: exactly what verify is for
+        return [f"card {card_id}: unreadable record ({type(exc).__name__}: {exc})"], False
     if snapshot is None:
         return [f"card {card_id}: not found"], False
     card = snapshot.card

@@ -525,3 +525,12 @@ def test_libraries_lists_and_prunes_other_releases(app):
     result = cli(app, "libraries", "--prune")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [f"{RELEASE.name}  (this release)", f"pruned {older.name}"]
+
+
+def test_verify_reports_a_card_record_damaged_beyond_reading(app):
+    card = issue(app)["card"]
+    store_of(app).redis.hdel(store_of(app).keys.card(card["id"]), "currency", "emissionMs")
+    result = cli(app, "verify", card["id"])
+    assert result.exit_code == 1
+    assert f"card {card['id']}: unreadable record (KeyError" in result.output
+    store_of(app).redis.hset(store_of(app).keys.card(card["id"]), mapping={"currency": "USD", "emissionMs": "0"})

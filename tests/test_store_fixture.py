@@ -75,9 +75,13 @@ def test_fixture_holds_every_state_in_a_small_sorted_file():
     names = [row["key"] for row in DOCUMENT["keys"]]
     assert names == sorted(names) and len(set(names)) == len(names)
     assert {row["type"] for row in DOCUMENT["keys"]} == {"string", "hash", "list", "set", "zset", "stream"}
-    # Each card is stored whole: its card hash and its code index entry.
+    # Each card is stored whole: its card hash, and its code and owner index entries naming it.
+    values = {row["key"]: row.get("value") for row in DOCUMENT["keys"]}
     for card in CARDS.values():
         assert KEYS.card(card["id"]) in names
+        code_keys = [k for k, v in values.items() if k.startswith(KEYS.code_index("")) and v == card["id"]]
+        assert len(code_keys) == 1, card["label"]
+        assert card["id"] in values[KEYS.owner_index(card["profileId"])], card["label"]
 
 
 @pytest.fixture(params=["redis", "cluster"])

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from .hub import body
+from giftcard_provider import create_app
+
+from .conftest import APP_KEY, APP_TOKEN
+from .hub import Hub, body
 from .snapshot import unchanged
+
+HEADERS = {"X-PROVIDER-API-AppKey": APP_KEY, "X-PROVIDER-API-AppToken": APP_TOKEN}
+NEW_CARD = {"relationName": "r", "caption": "c", "profileId": "p@example.com"}
 
 
 def mark_moving(store, card_id: str) -> None:
@@ -43,26 +49,36 @@ def test_a_card_being_moved_takes_no_write_and_still_reads(hub, store, app):
     store.redis.hdel(store.keys.card(card["id"]), "movedTo")  # for verify after the test
 
 
-def test_a_store_of_another_layout_is_refused_clearly(backend, settings):
-    """A store migrated to a newer layout (or half-way there): this release answers 503 naming the
-    layout rather than find no cards in it, or write old-layout cards beside the new ones."""
-    from giftcard_provider import create_app
-
-    from .conftest import APP_KEY, APP_TOKEN
-    from .hub import Hub
-
+def test_a_store_of_another_layout_is_refused_clearly(backend, settings, caplog):
+    """A store migrated to a newer layout: this release answers 503 naming the layout rather than find
+    no cards in it, or write old-layout cards beside the new ones; the log says so once."""
     key = f"{settings.key_prefix}:layout"
-    for layout in ("v2", "migrating:12/4096"):
-        backend.set(key, layout)
-        app = create_app(settings, redis_client=backend)
-        hub = Hub(app.test_client(), {"X-PROVIDER-API-AppKey": APP_KEY, "X-PROVIDER-API-AppToken": APP_TOKEN})
-        response = hub.post("/giftcards", {"relationName": "r", "caption": "c", "profileId": "p@example.com"})
+    backend.set(key, "v2")
+    app = create_app(settings, redis_client=backend)
+    hub = Hub(app.test_client(), HEADERS)
+    for _ in range(3):
+        response = hub.post("/giftcards", NEW_CARD)
         assert response.status_code == 503 and body(response)["code"] == "layout_unknown"
-        assert repr(layout) in body(response)["message"]
+        assert "'v2'" in body(response)["message"]
         ready = app.test_client().get("/ready")
         assert ready.status_code == 503 and "layout" in ready.json["reason"]
-    assert [k for k in backend.scan_iter(match=f"{settings.key_prefix}:*")] == [key]  # nothing was written
-    backend.set(key, "v1")  # this release's own layout, written or not
-    app = create_app(settings, redis_client=backend)
-    assert app.test_client().get("/ready").status_code == 200
+    assert [r for r in caplog.records if "layout" in r.getMessage()] != []
+    assert len([r for r in caplog.records if r.levelname == "ERROR" and "layout" in r.getMessage()]) == 1
+    assert list(backend.scan_iter(match=f"{settings.key_prefix}:*")) == [key]  # nothing was written
+    for served in ("v1", "migrating:12/256"):  # its own layout, and a migration in progress (cards are
+        backend.set(key, served)  # guarded one by one by movedTo)
+        assert create_app(settings, redis_client=backend).test_client().get("/ready").status_code == 200
     backend.delete(key)
+
+
+def test_a_card_created_after_a_migration_finished_is_withdrawn(backend, settings):
+    """A process that checked the layout before the migration finished: its card creation reads the
+    marker again in the same round trip as the indexes, and withdraws the card it just wrote."""
+    app = create_app(settings, redis_client=backend)
+    hub = Hub(app.test_client(), HEADERS)
+    assert app.test_client().get("/ready").status_code == 200  # checked: v1
+    backend.set(f"{settings.key_prefix}:layout", "v2")  # the migration finishes meanwhile
+    response = hub.post("/giftcards", NEW_CARD)
+    assert response.status_code == 503 and body(response)["code"] == "layout_unknown"
+    assert list(backend.scan_iter(match=f"{settings.key_prefix}:*")) == [f"{settings.key_prefix}:layout"]
+    backend.delete(f"{settings.key_prefix}:layout")
