@@ -38,6 +38,7 @@ def bucket_of(card_id: str) -> str:
 # that each hash stays listpack (at most zset/hash-max-listpack-entries, 128 upstream) in a store of
 # the size that matters, few enough that their own key overhead stays small. Set by --shards.
 SHARDS = {"cards": 64, "codes": 64, "owners": 4096}
+LEAN = False  # --lean: the card hash without the fields docs/ledger-v2.md proposes to cut
 
 
 def shard(hex_digits: str, count: int) -> str:
@@ -91,6 +92,7 @@ def create(pipe, card: Card, now: int) -> None:
         card.digest,
         card.token,
         "100000000",
+        "1" if LEAN else "0",
     )
     pipe.hset(k["owners"], f"{card.owner}|{card.id}", "")  # its own slot: the second round trip
 
@@ -133,13 +135,16 @@ def main() -> None:
         default="64,64,4096",
         help="card-list and code-index sub-shards per bucket, and owner-index shards (default 64,64,4096)",
     )
+    parser.add_argument("--lean", action="store_true", help="the card hash without the fields the plan proposes to cut")
     args = parser.parse_args()
     SHARDS.update(zip(("cards", "codes", "owners"), map(int, args.shards.split(",")), strict=True))
+    global LEAN
+    LEAN = args.lean
     with RedisServer() as server:
         r = server.client()
         r.function_load(PROTOTYPE, replace=True)
         config = {k: r.config_get(k)[k] for k in ("hash-max-listpack-entries", "hash-max-listpack-value")}
-        say(f"redis-server {r.info('server')['redis_version']}, {config}, shards {SHARDS}")
+        say(f"redis-server {r.info('server')['redis_version']}, {config}, shards {SHARDS}, lean card hash: {LEAN}")
         warm = [Card(i) for i in range(args.warm)]
         for _, step in STEPS:
             run_step(r, warm, step)

@@ -25,9 +25,18 @@ end
 local function create(keys, args)
   local card, cards, codes, events, books = unpack(keys)
   local id, at, to = args[1], args[2], args[3]
-  redis.call('HSET', card, 'st', 'active', 'cur', args[4], 'exp', args[5], 'av', 0, 'hd', 0, 'seq', 0,
-    'od', 0, 'cr', 0, 'at', at, 'from', at, 'to', to, 'own', args[6], 'rel', args[7], 'cap', args[8],
-    'ro', 0, 'mr', 1, 'mc', 1, 'l4', args[9], 'cd', args[10], 'tk', args[11], 'lim', args[12], 'ntx', 0)
+  -- LEAN (ARGV[13] == '1'): the cuts docs/ledger-v2.md lists: no stored token (derived from the id
+  -- with a keyed hash), no 'from' when it equals 'at', no per-card balance limit (the caller's), a
+  -- 16-hex code digest copy, and no zero counters until they are first incremented.
+  if args[13] == '1' then
+    redis.call('HSET', card, 'st', 'active', 'cur', args[4], 'exp', args[5], 'av', 0, 'hd', 0,
+      'at', at, 'to', to, 'own', args[6], 'rel', args[7], 'cap', args[8],
+      'ro', 0, 'mr', 1, 'mc', 1, 'l4', args[9], 'cd', string.sub(args[10], 1, 16))
+  else
+    redis.call('HSET', card, 'st', 'active', 'cur', args[4], 'exp', args[5], 'av', 0, 'hd', 0, 'seq', 0,
+      'od', 0, 'cr', 0, 'at', at, 'from', at, 'to', to, 'own', args[6], 'rel', args[7], 'cap', args[8],
+      'ro', 0, 'mr', 1, 'mc', 1, 'l4', args[9], 'cd', args[10], 'tk', args[11], 'lim', args[12], 'ntx', 0)
+  end
   redis.call('HSET', cards, id, at)
   redis.call('HSET', codes, args[10], id)
   redis.call('HINCRBY', books, 'cards', 1)
