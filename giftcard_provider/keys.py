@@ -6,9 +6,10 @@ call on a card touches one slot and works unchanged on Redis Cluster::
     gc:{C}:card                   hash    the card: currency, exponent, available and held
                                           balances (integer minor units), status, owner,
                                           validity window, journal sequence, counters,
-                                          codeDigest (its code index entry: see below)
+                                          codeDigest (its code index entry: see below),
+                                          movedTo once a layout migration has taken it
     gc:{C}:txs                    list    transaction ids, oldest first
-    gc:{C}:tx:T                   hash    transaction T: operation, value, requestId, date,
+    gc:{C}:tx:T                   hash    transaction T: operation, value, requestId, date, description,
                                           held / settled / released / refunded (Debit) or
                                           settled / cancelled (Credit), hold deadline
     gc:{C}:tx:T:settlements       list    "oid|minor|dateMs|requestId|" per settlement, oldest first
