@@ -226,6 +226,7 @@ def card_view(card: Card) -> dict:
         "expiredHolds": major(card.due_holds, exponent),
         "expiredHoldsMinor": card.due_holds,
         "usable": card.usable,
+        "moving": card.moving,
         "redemptionCode": mask(card.code_last4),
         **card.terms(),
         "emissionDate": iso_ms(card.emission_ms),
@@ -277,6 +278,8 @@ def transaction_view(card_id: str, currency: str, tx: Transaction, exponent: int
 def _print_card(view: dict, journal: list[dict]) -> None:
     cur = view["currency"]
     status = view["status"] + (f" ({view['statusReason']}, {view['statusChangedAt']})" if view["statusReason"] else "")
+    if view["moving"]:
+        status += "; being moved by a layout upgrade: no change is accepted here"
     rows = [
         ("status", status),
         ("balance", f"{view['balance']} {cur} available{'' if view['usable'] else ' (not usable now)'}"),

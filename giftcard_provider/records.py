@@ -48,6 +48,7 @@ class Card:
     token: str
     balance_limit: int
     seq: int  # journal entries so far
+    moving: bool = False  # marked movedTo by a layout migration: this release changes nothing on it
 
     @classmethod
     def from_hash(cls, card_id: str, fields: dict[str, str], due_holds: int = 0, now_ms: int = 0) -> Card:
@@ -76,6 +77,7 @@ class Card:
             token=fields.get("token", ""),
             balance_limit=_int(fields, "balanceLimit"),
             seq=_int(fields, "seq"),
+            moving="movedTo" in fields,
         )
 
     @property

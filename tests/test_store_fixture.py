@@ -125,7 +125,10 @@ def test_todays_app_reads_the_store_as_recorded(loaded):
     for label, card in CARDS.items():
         assert body(hub.get(f"/giftcards/{card['id']}"))["balance"] == Decimal(card["balance"]), label
         assert api_view(hub, card["id"]) == card["api"], label
-        assert operator_view(app, card["id"]) == card["operator"], label
+        shown = operator_view(app, card["id"])
+        # Every field the v1 release showed, with the same value; fields added since (e.g. "moving") may follow.
+        assert {k: v for k, v in shown.items() if k in card["operator"]} == card["operator"], label
+        assert shown.get("moving", False) is False, label
 
 
 def test_every_recorded_code_finds_its_card(loaded):

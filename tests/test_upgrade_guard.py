@@ -46,6 +46,8 @@ def test_a_card_being_moved_takes_no_write_and_still_reads(hub, store, app):
     assert result.exit_code == 1 and "moved by an upgrade" in result.output
     with unchanged(store.redis):
         assert store.expire_all_holds()["moving"] == [card["id"]]
+    shown = runner.invoke(args=["cards", "show", card["id"]])
+    assert shown.exit_code == 0 and "being moved by a layout upgrade" in shown.output
     store.redis.hdel(store.keys.card(card["id"]), "movedTo")  # for verify after the test
 
 
