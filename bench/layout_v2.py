@@ -10,7 +10,12 @@ The bucketed structures (256 event streams, 4,096 code-index shards, card lists,
 per card in a small store than in a large one. So a warm-up of W cards, with their whole lives,
 fills them first, and the figures are for a store of that size:
 
-    python -m bench.layout_v2 [--warm 100000] [--cards 2000]
+    python -m bench.layout_v2 [--warm 100000] [--cards 2000] [--lean]
+    python -m bench.layout_v2 --sweep 9000,1000000,5000000   # a sweeper pass beside that many other keys
+
+The sweep measurement: 1,000 cards holding money, 100 of their holds due, then N other keys
+(DEBUG POPULATE), then one pass of the planned sweeper: one pipeline reading every bucket's due
+holds, then a call per bucket that has some. It reports Redis CPU (INFO cpu deltas).
 
 For comparison, `python -m bench.scaling --life 2000` measures today's layout through the API.
 """
@@ -135,11 +140,15 @@ def main() -> None:
         default="64,64,4096",
         help="card-list and code-index sub-shards per bucket, and owner-index shards (default 64,64,4096)",
     )
+    parser.add_argument("--sweep", help="instead: a sweeper pass beside these numbers of other keys, e.g. 9000,5000000")
     parser.add_argument("--lean", action="store_true", help="the card hash without the fields the plan proposes to cut")
     args = parser.parse_args()
     SHARDS.update(zip(("cards", "codes", "owners"), map(int, args.shards.split(",")), strict=True))
     global LEAN
     LEAN = args.lean
+    if args.sweep:
+        measure_sweeps([int(n) for n in args.sweep.split(",")])
+        return
     with RedisServer() as server:
         r = server.client()
         r.function_load(PROTOTYPE, replace=True)
@@ -183,6 +192,53 @@ def main() -> None:
                 members = r.execute_command("XLEN" if name == "events" else _count_command(r, key), key)
                 encoding = r.object("encoding", key)
                 say(f"  {name}: {size:,} B for {members} entries ({encoding}), shared by the bucket or shard")
+
+
+def redis_cpu(r) -> float:
+    info = r.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def sweep_pass(r, now: int) -> tuple[int, int]:
+    """The planned sweeper: every bucket's due holds read in one pipeline, then one call per bucket with
+    some. Returns (buckets swept, holds released)."""
+    buckets = [f"{b:02x}" for b in range(256)]
+    pipe = r.pipeline(transaction=False)
+    for b in buckets:
+        pipe.zrangebyscore(f"gc:{{b{b}}}:holds", "-inf", now, start=0, num=1)
+    due = [b for b, found in zip(buckets, pipe.execute(), strict=True) if found]
+    pipe = r.pipeline(transaction=False)
+    for b in due:
+        prefix = f"gc:{{b{b}}}"
+        pipe.fcall("proto_sweep_bucket", 3, f"{prefix}:holds", f"{prefix}:events", f"{prefix}:books:USD", now, 1000)
+    return len(due), sum(pipe.execute())
+
+
+def measure_sweeps(sizes: list[int]) -> None:
+    say("\n| other keys | DBSIZE | buckets swept | holds released | Redis CPU s | x smallest |")
+    say("|---|---|---|---|---|---|")
+    first = None
+    for size in sizes:
+        with RedisServer("--enable-debug-command", "local") as server:
+            r = server.client()
+            r.function_load(PROTOTYPE, replace=True)
+            cards = [Card(i) for i in range(1000)]
+            now = int(time.time() * 1000)
+            for _, step in STEPS[:3]:  # created, loaded, a Debit held
+                run_step(r, cards, step)
+            pipe = r.pipeline(transaction=False)  # 100 holds due, as if their lifetime had passed
+            for card in cards[:100]:
+                pipe.zadd(card.keys()["holds"], {f"{card.id}:{card.debit}": now - 1000})
+            pipe.execute()
+            if size:
+                r.execute_command("DEBUG", "POPULATE", size, "gc-other")
+                while "rehashing" in r.execute_command("DEBUG", "HTSTATS", 0):
+                    time.sleep(0.1)
+            before = redis_cpu(r)
+            swept, released = sweep_pass(r, now)
+            cost = redis_cpu(r) - before
+            first = first or cost
+            say(f"| {size:,} | {r.dbsize():,} | {swept} | {released} | {cost:.3f} | {cost / first:.1f}x |")
 
 
 def _count_command(r, key: str) -> str:

@@ -97,7 +97,36 @@ local function settle(keys, args)
   return 'ok'
 end
 
+-- The sweeper's pass over one bucket: release its holds past their deadline (at most ARGV[2]).
+-- KEYS: the bucket's holds, events and books; card hashes are derived from the members (same slot).
+local function sweep_bucket(keys, args)
+  local holds, events, books = unpack(keys)
+  local prefix = string.sub(holds, 1, #holds - #':holds')
+  local due = redis.call('ZRANGEBYSCORE', holds, '-inf', args[1], 'LIMIT', 0, tonumber(args[2]))
+  for _, member in ipairs(due) do
+    local id, tx = string.match(member, '^(.+):(.+)$')
+    local card = prefix .. ':card:' .. id
+    local op, value, held, settled, released, refunded, deadline, date, records =
+      string.match(redis.call('HGET', card, 't:' .. tx), '^(%a)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)|(%d+)$')
+    held = tonumber(held)
+    records = tonumber(records) + 1
+    redis.call('HSET', card, 't:' .. tx,
+      table.concat({op, value, 0, settled, released + held, refunded, deadline, date, records}, '|'),
+      'o:' .. tx .. ':' .. records, table.concat({'c', held, deadline, 'expired'}, '|'))
+    local av = redis.call('HINCRBY', card, 'av', held)
+    local hd = redis.call('HINCRBY', card, 'hd', -held)
+    local seq = redis.call('HINCRBY', card, 'seq', 1)
+    redis.call('ZREM', holds, member)
+    redis.call('HINCRBY', books, 'expired', held)
+    redis.call('HINCRBY', books, 'available', held)
+    redis.call('HINCRBY', books, 'held', -held)
+    event(events, 'expire', id, tx, tx .. ':' .. records, held, av, hd, seq)
+  end
+  return #due
+end
+
 redis.register_function('proto_create', create)
+redis.register_function('proto_sweep_bucket', sweep_bucket)
 redis.register_function('proto_credit', credit)
 redis.register_function('proto_debit', debit)
 redis.register_function('proto_settle', settle)
