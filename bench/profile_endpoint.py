@@ -27,7 +27,6 @@ from decimal import Decimal
 from giftcard_provider import create_app
 from giftcard_provider.money import Amount
 
-from .baseline_app import create_app as create_baseline
 from .common import AUTH, ROOT, RedisServer, app_env, json_body, ledger_for, say, seed_cards, settings_for
 
 SCENARIOS = ("baseline", "debit", "get-card", "search", "settlement")
@@ -45,6 +44,10 @@ def main() -> None:
         cards = seed_cards(store, 100, debits_each=1)
         if args.scenario == "baseline":
             os.environ.update(app_env(server.url))
+            # Imported only now: bench.baseline_app builds its app at import time from the process
+            # environment, and an unset APP_ENV means production, which refuses to start without secrets.
+            from .baseline_app import create_app as create_baseline
+
             app = create_baseline()
         else:
             app = create_app(settings_for(server.url))
