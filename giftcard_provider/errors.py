@@ -61,6 +61,7 @@ _REFUSALS = {
 
 
 def _text(value) -> str:
+    """A ledger reply element as text (replies are str with decode_responses, bytes without)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 

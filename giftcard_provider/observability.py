@@ -45,7 +45,7 @@ from prometheus_client import (
 )
 
 from .config import ConfigError, Settings
-from .errors import _REFUSALS
+from .errors import _REFUSALS, _text
 
 log = logging.getLogger("giftcard_provider.requests")
 
@@ -178,10 +178,6 @@ def redis_error(component: str, exc: BaseException) -> None:
         REDIS_ERRORS.labels(component, type(exc).__name__).inc()
     except Exception:
         _hook_failed("redis_error")
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def metrics_text() -> bytes:
