@@ -11,6 +11,7 @@ import secrets
 ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"
 CODE_LENGTH = 20  # 20 symbols of 30: about 98 bits, hopeless to guess
 GROUP = 4
+DIGEST_HEX = 32
 _SEPARATORS = re.compile(r"[\s\-]+")
 
 
@@ -25,7 +26,14 @@ def new_token() -> str:
 
 
 def new_id() -> str:
+    """A card id: 32 hex digits (store.py replaces the first two with its code's bucket)."""
     return secrets.token_hex(16)
+
+
+def new_short_id() -> str:
+    """A transaction, settlement or cancellation id: 16 hex digits, unique within its card. Short,
+    because it is written into the card's hash several times (keys.py)."""
+    return secrets.token_hex(8)
 
 
 def normalise(code: str) -> str:
@@ -44,4 +52,6 @@ class CodeHasher:
         self._secret = secret.encode()
 
     def digest(self, code: str) -> str:
-        return hmac.new(self._secret, normalise(code).encode(), hashlib.sha256).hexdigest()
+        """The code index field: the first 32 hex digits (128 bits) of HMAC-SHA256 of the normalised
+        code. (The v1 layout keyed its index by all 64; the migration keeps their first 32.)"""
+        return hmac.new(self._secret, normalise(code).encode(), hashlib.sha256).hexdigest()[:DIGEST_HEX]

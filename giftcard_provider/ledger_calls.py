@@ -22,23 +22,38 @@ from .ledger_library import Library
 
 log = logging.getLogger(__name__)
 
-# The layout of keys this release reads and writes (keys.py). A store that another release has
-# migrated to a newer layout says so in its layout key; this release then refuses to serve it
-# rather than find no cards there or write cards of the old layout beside the new ones. While a
-# migration runs ("migrating..."), this release still serves: each card it moves is marked first
-# (movedTo), and ledger.lua refuses writes to marked cards.
-LAYOUT = "v1"
+# The layout of keys this release reads and writes (keys.py), as recorded in the store's layout key.
+# A store of the previous layout (v1: no marker, v1 keys) is refused until `flask cards migrate` has
+# moved it (the Procfile's release phase runs it before a new release serves); so is one that is
+# half-migrated ("migrating:...") or that a later release has migrated further.
+LAYOUT = "v2"
 
 
 def layout_refusal(layout: str | None) -> StoreUnavailable | None:
     """The error to answer for a store marked with `layout`, or None if this release may serve it."""
-    if layout in (None, LAYOUT) or layout.startswith("migrating"):
+    if layout == LAYOUT:
         return None
+    if layout is None:
+        return StoreUnavailable(
+            "Redis holds a ledger of layout v1: run `flask cards migrate` (the release phase does) to move it to v2",
+            code="layout_unmigrated",
+        )
+    if layout.startswith("migrating"):
+        return StoreUnavailable(
+            f"the ledger is being migrated to layout {LAYOUT} ({layout}): wait for `flask cards migrate` to finish",
+            code="layout_migrating",
+        )
     return StoreUnavailable(
         f"Redis holds a ledger of layout {layout!r}, which this release cannot serve (it serves {LAYOUT}): "
         "deploy the release that migrated it",
         code="layout_unknown",
     )
+
+
+def v1_card_present(client: redis.Redis | RedisCluster, pattern: str) -> bool:
+    """Whether any v1 card key exists. A SCAN, stopped at the first match: on a v1 store that is a
+    few pages; the whole keyspace only where no v1 card exists, once, before the store is marked v2."""
+    return next(iter(client.scan_iter(match=pattern, count=1000)), None) is not None
 
 
 @contextlib.contextmanager
@@ -60,11 +75,17 @@ class LedgerCalls:
     """
 
     def __init__(
-        self, client: redis.Redis | RedisCluster | None, settings: Settings, library: Library, layout_key: str
+        self,
+        client: redis.Redis | RedisCluster | None,
+        settings: Settings,
+        library: Library,
+        layout_key: str,
+        v1_card_pattern: str,
     ):
         self._client = use_local_fcall_keys(client) if is_cluster(client) else client
         self._connecting = threading.Lock()
         self.layout_key = layout_key
+        self.v1_card_pattern = v1_card_pattern
         self._layout_checked = False
         self._layout_logged = False
         self.settings = settings
@@ -86,11 +107,15 @@ class LedgerCalls:
         return self._client
 
     def _check_layout(self, client) -> None:
-        """Until it passes once in a process: the store must hold a layout this release serves. (A
-        migration that finishes later is met by card creation, which reads the marker again, and by
-        ledger.lua's refusal of every card the migration marked.)"""
+        """Until it passes once in a process: the store must hold a layout this release serves. A store
+        with no marker and no v1 card is new: it is marked v2 here (SET NX, so that a migration that
+        marked it first wins). (A later migration that finishes after this check is met by card
+        creation, which reads the marker again, and by ledger.lua's refusal of marked cards.)"""
         with translated_errors():
             layout = client.get(self.layout_key)
+            if layout is None and not v1_card_present(client, self.v1_card_pattern):
+                client.set(self.layout_key, LAYOUT, nx=True)
+                layout = client.get(self.layout_key)
         refusal = layout_refusal(layout)
         if refusal is not None:
             if not self._layout_logged:  # every request is refused alike: say it once per process

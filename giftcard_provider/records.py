@@ -1,10 +1,11 @@
 """The ledger's records, typed: the one module that knows Redis's field names and record layouts.
 
-Redis hashes hold cards and transactions as flat string fields (keys.py has the
-layout); the journal is a stream; settlements and cancellations are packed
-"oid|minor|dateMs|requestId|reason" strings. Everything above the store (the
-HTTP blueprints, the CLI, verify, bench) reads these records instead. (What the
-store writes, and the key names, are in store.py, keys.py and ledger.lua.)
+A card is one Redis hash with short field names (keys.py lists them); a transaction
+is packed into one of its fields ("D|value|dateMs|deadlineMs|held|settled|released|
+refunded|records" or "C|value|dateMs|settled|cancelled|records"), and so is each
+settlement or cancellation ("s|oid|minor|dateMs|" / "c|oid|minor|dateMs|reason").
+Events are entries of the bucket's stream. Everything above the store (the HTTP
+blueprints, the CLI, verify, reports, bench) reads the records defined here.
 
 Amounts are integer minor units of the card's currency; times are epoch
 milliseconds on Redis's clock.
@@ -13,6 +14,12 @@ milliseconds on Redis's clock.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# The card's own fields as gc_read_card returns them (ledger.lua: CARD_FIELDS, same order).
+CARD_FIELDS = (
+    "cur", "exp", "av", "hd", "st", "sr", "sc", "own", "rel", "cap", "ro", "mr", "mc",
+    "at", "from", "to", "l4", "tk", "lim", "seq", "od", "cr", "ntx", "ho", "mv",
+)  # fmt: skip
 
 
 def _int(fields: dict[str, str], name: str, default: int = 0) -> int:
@@ -44,40 +51,46 @@ class Card:
     expiring_ms: int
     created_ms: int
     code_last4: str
-    code_digest: str | None  # None on cards made before it was stored
     token: str
     balance_limit: int
-    seq: int  # journal entries so far
-    moving: bool = False  # marked movedTo by a layout migration: this release changes nothing on it
+    seq: int  # events written for the card so far
+    open_debits: int = 0  # Debits not yet released or refunded in full (multipleRedemptions)
+    credits: int = 0
+    transactions: int = 0
+    holding: tuple[str, ...] = ()  # ids of the Debits still holding money
+    moving: bool = False  # marked by a later layout's migration: this release changes nothing on it
 
     @classmethod
     def from_hash(cls, card_id: str, fields: dict[str, str], due_holds: int = 0, now_ms: int = 0) -> Card:
         return cls(
             id=card_id,
-            currency=fields["currency"],
-            exponent=int(fields["exponent"]),
-            available=int(fields["available"]),
-            held=int(fields["held"]),
+            currency=fields["cur"],
+            exponent=int(fields["exp"]),
+            available=int(fields["av"]),
+            held=int(fields["hd"]),
             due_holds=due_holds,
             now_ms=now_ms,
-            status=fields["status"],
-            status_reason=fields.get("statusReason", ""),
-            status_changed_ms=_int(fields, "statusChangedMs") or None,
-            profile_id=fields["profileId"],
-            restricted_to_owner=fields.get("restrictedToOwner") == "1",
-            multiple_redemptions=fields.get("multipleRedemptions") == "1",
-            multiple_credits=fields.get("multipleCredits") == "1",
-            relation_name=fields.get("relationName", ""),
-            caption=fields.get("caption", ""),
-            emission_ms=int(fields["emissionMs"]),
-            expiring_ms=int(fields["expiringMs"]),
-            created_ms=int(fields["createdMs"]),
-            code_last4=fields.get("codeLast4", ""),
-            code_digest=fields.get("codeDigest"),
-            token=fields.get("token", ""),
-            balance_limit=_int(fields, "balanceLimit"),
+            status=fields["st"],
+            status_reason=fields.get("sr", ""),
+            status_changed_ms=_int(fields, "sc") or None,
+            profile_id=fields.get("own", ""),
+            restricted_to_owner=fields.get("ro") == "1",
+            multiple_redemptions=fields.get("mr") == "1",
+            multiple_credits=fields.get("mc") == "1",
+            relation_name=fields.get("rel", ""),
+            caption=fields.get("cap", ""),
+            emission_ms=int(fields["from"]),
+            expiring_ms=int(fields["to"]),
+            created_ms=int(fields["at"]),
+            code_last4=fields.get("l4", ""),
+            token=fields.get("tk", ""),
+            balance_limit=_int(fields, "lim"),
             seq=_int(fields, "seq"),
-            moving="movedTo" in fields,
+            open_debits=_int(fields, "od"),
+            credits=_int(fields, "cr"),
+            transactions=_int(fields, "ntx"),
+            holding=tuple(fields.get("ho", "").split()),
+            moving=fields.get("mv", "") != "",
         )
 
     @property
@@ -111,6 +124,36 @@ class Card:
         return not self.restricted_to_owner or self.profile_id in identities
 
 
+def card_fields(
+    *,
+    currency: str,
+    exponent: int,
+    balance_limit: int,
+    profile_id: str,
+    relation_name: str,
+    caption: str,
+    restricted_to_owner: bool,
+    multiple_redemptions: bool,
+    multiple_credits: bool,
+    code_last4: str,
+    token: str,
+) -> dict[str, str]:
+    """A new card's terms as the fields gc_create_card writes (it adds balances, status and dates)."""
+    return {
+        "cur": currency,
+        "exp": str(exponent),
+        "lim": str(balance_limit),
+        "own": profile_id,
+        "rel": relation_name,
+        "cap": caption,
+        "ro": "1" if restricted_to_owner else "0",
+        "mr": "1" if multiple_redemptions else "0",
+        "mc": "1" if multiple_credits else "0",
+        "l4": code_last4,
+        "tk": token,
+    }
+
+
 @dataclass(frozen=True)
 class Transaction:
     """A Debit (hold) or Credit (load) and what has happened to it since."""
@@ -128,30 +171,26 @@ class Transaction:
     refunded: int = 0  # Debit: settled, then given back
     cancelled: int = 0  # Credit: taken back out
     hold_deadline_ms: int | None = None  # Debit
+    records: int = 0  # settlements and cancellations recorded
 
     @property
     def debit(self) -> bool:
         return self.operation == "Debit"
 
     @classmethod
-    def from_hash(cls, fields: dict[str, str]) -> Transaction | None:
-        if not fields:
-            return None
-        return cls(
-            id=fields["id"],
-            operation=fields["operation"],
-            value=int(fields["value"]),
-            date_ms=int(fields["dateMs"]),
-            request_id=fields["requestId"],
-            order_id=fields.get("orderId", ""),
-            description=fields.get("description", ""),
-            settled=_int(fields, "settled"),
-            held=_int(fields, "held"),
-            released=_int(fields, "released"),
-            refunded=_int(fields, "refunded"),
-            cancelled=_int(fields, "cancelled"),
-            hold_deadline_ms=_int(fields, "holdDeadlineMs") or None,
-        )
+    def unpack(cls, tx_id: str, packed: str, request_id: str = "", order_id: str = "", description: str = ""):
+        """A t:<tx> field -> the transaction (None for an operation the ledger does not know)."""
+        f = packed.split("|")
+        common = dict(id=tx_id, value=int(f[1]), date_ms=int(f[2]), request_id=request_id, order_id=order_id,
+                      description=description)  # fmt: skip
+        if f[0] == "D":
+            held, settled, released, refunded, records = map(int, f[4:9])
+            return cls(operation="Debit", hold_deadline_ms=int(f[3]), held=held, settled=settled,
+                       released=released, refunded=refunded, records=records, **common)  # fmt: skip
+        if f[0] == "C":
+            settled, cancelled, records = map(int, f[3:6])
+            return cls(operation="Credit", settled=settled, cancelled=cancelled, records=records, **common)
+        return None
 
 
 @dataclass(frozen=True)
@@ -163,47 +202,88 @@ class Operation:
     date_ms: int
     request_id: str = ""
     reason: str = ""  # "expired" for a hold released by its deadline
+    kind: str = ""  # "s" settlement, "c" cancellation
 
     @classmethod
-    def parse(cls, packed: str) -> Operation:
-        # "oid|minor|dateMs|requestId|reason": the Hub's requestId may itself hold "|".
-        oid, minor, date_ms, rest = packed.split("|", 3)
-        request_id, _, reason = rest.rpartition("|")
-        return cls(oid, int(minor), int(date_ms), request_id, reason)
+    def unpack(cls, packed: str, request_id: str = "") -> Operation:
+        """An o:<tx>:<k> field "kind|oid|minor|dateMs|reason" and its requestId -> the record."""
+        kind, oid, minor, date_ms, reason = packed.split("|", 4)
+        return cls(oid, int(minor), int(date_ms), request_id, reason, kind)
+
+
+# What each event type does to a card's (available, held), per unit of its amount (verify.py).
+EVENT_DELTAS = {
+    "credit": (1, 0),
+    "authorize": (-1, 1),
+    "settle": (0, -1),
+    "settle_credit": (0, 0),
+    "release": (1, -1),
+    "expire": (1, -1),
+    "refund": (1, 0),
+    "reverse_credit": (-1, 0),
+}
+# Events that move no money: their amount is 0 and the balances stay as they were.
+MARKER_EVENTS = ("created", "status", "imported", "discarded")
 
 
 @dataclass(frozen=True)
-class JournalEntry:
-    """One money movement of a card, with its balances after it."""
+class Event:
+    """One entry of a bucket's event log: a card's money movement, status change, creation or import,
+    with the card's balances after it. `id` ("<bucket>-<stream id>") is stable and unique."""
 
-    entry_id: str  # the stream entry id: "<ms>-<n>"
-    seq: int
-    kind: str  # credit, authorize, settle, settle_credit, release, refund, expire, reverse_credit
+    bucket: str
+    stream_id: str  # "<ms>-<n>": the time on Redis's clock and the order within the bucket
+    type: str  # created, credit, authorize, settle, settle_credit, release, refund, expire, reverse_credit,
+    # status, imported, discarded
+    card_id: str
     tx_id: str
-    ref: str  # the transaction id, or the settlement's / cancellation's oid
+    ref: str  # the transaction id, a settlement's / cancellation's oid, or the new status
     amount: int
     available: int
     held: int
-    at_ms: int
+    seq: int  # the card's own sequence: 1, 2, 3, ...
+    currency: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.bucket}-{self.stream_id}"
+
+    @property
+    def at_ms(self) -> int:
+        return int(self.stream_id.split("-", 1)[0])
+
+    # The journal's historical names for the same facts (the CLI and export print them).
+    @property
+    def entry_id(self) -> str:
+        return self.stream_id
+
+    @property
+    def kind(self) -> str:
+        return self.type
 
     @classmethod
-    def from_stream(cls, entry_id: str, fields: dict[str, str]) -> JournalEntry:
+    def from_stream(cls, bucket: str, stream_id: str, fields: dict[str, str]) -> Event:
         return cls(
-            entry_id=entry_id,
-            seq=int(fields["seq"]),
-            kind=fields["kind"],
+            bucket=bucket,
+            stream_id=stream_id,
+            type=fields["type"],
+            card_id=fields["card"],
             tx_id=fields["tx"],
             ref=fields["ref"],
             amount=int(fields["amount"]),
             available=int(fields["available"]),
             held=int(fields["held"]),
-            at_ms=int(fields["at"]),
+            seq=int(fields["seq"]),
+            currency=fields["currency"],
         )
+
+
+JournalEntry = Event  # a card's journal is its events
 
 
 @dataclass(frozen=True)
 class OperationList:
-    """A transaction's settlements or cancellations as gc_read_operations read them, with the release
+    """A transaction's settlements or cancellations as gc_read_transaction read them, with the release
     its hold's deadline has made due but no call has written yet (the very record ledger.lua's
     release_if_due will write: oid "<txId>-expired", the held amount, dated at the deadline)."""
 
@@ -211,16 +291,35 @@ class OperationList:
     exponent: int
     due_release: Operation | None
 
+
+@dataclass(frozen=True)
+class TransactionRead:
+    """gc_read_transaction's reply: the transaction, its records, the card's exponent, Redis's time."""
+
+    transaction: Transaction
+    operations: list[Operation]
+    exponent: int
+    now_ms: int
+
     @classmethod
-    def from_reply(cls, tx_id: str, reply: list) -> OperationList | None:
-        """{"ok", nowMs, exponent, held, holdDeadlineMs, record...} | {"not_found"}"""
+    def from_reply(cls, tx_id: str, reply: list) -> TransactionRead | None:
+        """{"ok", nowMs, exponent, record, requestId, orderId, description, (record, requestId)...}"""
         if reply[0] == "not_found":
             return None
-        _, now_ms, exponent, held, deadline, *packed = reply
+        _, now_ms, exponent, packed, request_id, order_id, description, *flat = reply
+        transaction = Transaction.unpack(tx_id, packed, request_id, order_id, description)
+        if transaction is None:
+            return None
+        operations = [Operation.unpack(p, rid) for p, rid in zip(flat[::2], flat[1::2], strict=True) if p]
+        return cls(transaction, operations, int(exponent), int(now_ms))
+
+    def operation_list(self, kind: str) -> OperationList:
+        """The settlements ("s") or cancellations ("c"), the latter with a due, unwritten release."""
+        t = self.transaction
         due = None
-        if held and int(held) > 0 and int(deadline) <= int(now_ms):
-            due = Operation(f"{tx_id}-expired", int(held), int(deadline), "", "expired")
-        return cls([Operation.parse(p) for p in packed], int(exponent), due)
+        if kind == "c" and t.debit and t.held > 0 and t.hold_deadline_ms and t.hold_deadline_ms <= self.now_ms:
+            due = Operation(f"{t.id}-expired", t.held, t.hold_deadline_ms, "", "expired", "c")
+        return OperationList([o for o in self.operations if o.kind == kind], self.exponent, due)
 
 
 def _pairs(flat: list) -> dict[str, str]:
@@ -228,18 +327,20 @@ def _pairs(flat: list) -> dict[str, str]:
 
 
 def card_from_read(card_id: str, reply: list) -> Card | None:
-    """gc_read_card's reply {"ok", nowMs, dueMinor, field, value, ...} | {"not_found"} -> the card."""
+    """gc_read_card's reply {"ok", nowMs, dueMinor, value of each CARD_FIELDS} | {"not_found"} -> the card."""
     if reply[0] == "not_found":
         return None
-    _, now_ms, due, *flat = reply
-    return Card.from_hash(card_id, _pairs(flat), int(due), int(now_ms))
+    _, now_ms, due, *values = reply
+    fields = {name: value for name, value in zip(CARD_FIELDS, values, strict=True) if value != ""}
+    return Card.from_hash(card_id, fields, int(due), int(now_ms))
 
 
 @dataclass(frozen=True)
 class TransactionSnapshot:
-    transaction: Transaction | None  # None: listed by the card but missing
+    transaction: Transaction | None  # None: listed by the card but its record is missing or unknown
     settlements: list[Operation]
     cancellations: list[Operation]
+    listed: bool = True  # named by an x:<n> field
 
 
 @dataclass(frozen=True)
@@ -247,28 +348,105 @@ class LedgerSnapshot:
     """Everything verify checks about one card, as gc_read_ledger read it at one instant."""
 
     card: Card
-    journal: list[JournalEntry]
-    holding: set[str]  # transaction ids in the hold-deadline index
+    order: list[str]  # transaction ids by x:<n>, oldest first ("" where a number is missing)
+    hold_scores: dict[str, int | None]  # each open hold's deadline in the bucket's holds (None: absent)
     requests: dict[str, str]  # requestId -> the id of the transaction it made
     transactions: dict[str, TransactionSnapshot]
 
     @classmethod
     def from_reply(cls, card_id: str, reply: list) -> LedgerSnapshot | None:
-        """{"ok", cardFields, journal, holdIds, requestFields, {txId, fields, settlements, cancellations}...}"""
+        """{"ok", fields (flat), holdScores (flat txId, deadline or "")} | {"not_found"}"""
         if reply[0] == "not_found":
             return None
-        _, card, journal, holding, requests, *txs = reply
+        _, flat, scores = reply
+        fields = _pairs(flat)
+        card = Card.from_hash(card_id, fields)
+        order = [fields.get(f"x:{n}", "") for n in range(1, card.transactions + 1)]
+        transactions = {}
+        for name, packed in fields.items():
+            if not name.startswith("t:"):
+                continue
+            tx_id = name[2:]
+            t = Transaction.unpack(tx_id, packed, fields.get(f"q:{tx_id}", ""), fields.get(f"n:{tx_id}", ""),
+                                   fields.get(f"d:{tx_id}", ""))  # fmt: skip
+            records = [
+                Operation.unpack(fields.get(f"o:{tx_id}:{k}", "?|?|0|0|"), fields.get(f"p:{tx_id}:{k}", ""))
+                for k in range(1, (t.records if t else 0) + 1)
+            ]
+            transactions[tx_id] = TransactionSnapshot(
+                t, [r for r in records if r.kind == "s"], [r for r in records if r.kind == "c"], tx_id in order
+            )
+        for tx_id in order:
+            transactions.setdefault(tx_id, TransactionSnapshot(None, [], []))
         return cls(
-            card=Card.from_hash(card_id, _pairs(card)),
-            journal=[JournalEntry.from_stream(entry_id, _pairs(fields)) for entry_id, fields in journal],
-            holding=set(holding),
-            requests={rid: packed.split("|", 1)[0] for rid, packed in _pairs(requests).items()},
-            transactions={
-                tx_id: TransactionSnapshot(
-                    Transaction.from_hash(_pairs(fields)),
-                    [Operation.parse(r) for r in settled],
-                    [Operation.parse(r) for r in cancelled],
-                )
-                for tx_id, fields, settled, cancelled in txs
-            },
+            card=card,
+            order=order,
+            hold_scores={tx: (int(s) if s != "" else None) for tx, s in _pairs(scores).items()},
+            requests={n[2:]: v.split("|", 1)[0] for n, v in fields.items() if n.startswith("r:")},
+            transactions=transactions,
         )
+
+
+# The running totals a bucket's books keep per currency ("<CUR>:<total>", ledger.lua: book), in
+# minor units; `cards` counts cards.
+BOOK_TOTALS = (
+    "cards", "credited", "authorized", "settled", "released", "expired", "refunded", "reversed", "available", "held",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Books:
+    """What the ledger owes in one currency, kept by the same call as every movement.
+
+    credited: loaded by Credits; reversed: Credits taken back out; authorized: held by Debits;
+    settled: captured from holds; released: holds given back (cancelled or expired); expired: the
+    part of released given back by a deadline; refunded: settled money given back. available and
+    held: the sum of the cards' balances. The liability is available + held.
+    """
+
+    currency: str
+    cards: int = 0
+    credited: int = 0
+    authorized: int = 0
+    settled: int = 0
+    released: int = 0
+    expired: int = 0
+    refunded: int = 0
+    reversed: int = 0
+    available: int = 0
+    held: int = 0
+
+    @property
+    def liability(self) -> int:
+        return self.available + self.held
+
+    @classmethod
+    def total(cls, hashes: list[dict[str, str]]) -> dict[str, Books]:
+        """Books hashes ("<CUR>:<total>" -> minor) summed per currency."""
+        sums: dict[str, dict[str, int]] = {}
+        for fields in hashes:
+            for name, value in fields.items():
+                currency, _, total = name.partition(":")
+                if total in BOOK_TOTALS:
+                    per = sums.setdefault(currency, {})
+                    per[total] = per.get(total, 0) + int(value)
+        return {c: cls(c, **totals) for c, totals in sorted(sums.items())}
+
+    def problems(self) -> list[str]:
+        """The totals must agree with each other: what is owed follows from what moved."""
+        found = []
+        if self.liability != self.credited - self.reversed - self.settled + self.refunded:
+            found.append(
+                f"liability {self.liability} != credited {self.credited} - reversed {self.reversed} "
+                f"- settled {self.settled} + refunded {self.refunded}"
+            )
+        if self.held != self.authorized - self.settled - self.released:
+            found.append(
+                f"held {self.held} != authorized {self.authorized} - settled {self.settled} - released {self.released}"
+            )
+        if self.expired > self.released or self.refunded > self.settled:
+            found.append("expired above released, or refunded above settled")
+        return found
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in BOOK_TOTALS} | {"liability": self.liability}

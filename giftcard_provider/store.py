@@ -1,9 +1,10 @@
-"""The ledger's domain API: cards, transactions, settlements and cancellations, holds, verify.
+"""The ledger's domain API: cards, transactions, settlements and cancellations, holds, events,
+books, verify.
 
 The HTTP blueprints and the CLI call the methods here and get typed records
 (records.py) back; how a call reaches Redis (client, library, durability, 503s)
 is ledger_calls.py. Every write is one FCALL (one round trip); reads are one
-FCALL_RO or one pipeline, except search by code, which first resolves the code index.
+FCALL_RO or one pipeline, except search by code and by owner, which first read an index.
 """
 
 from __future__ import annotations
@@ -13,18 +14,18 @@ from collections.abc import Iterator
 import redis
 from redis.cluster import RedisCluster
 
-from . import observability, verify
-from .codes import CodeHasher, new_code, new_id, new_token, normalise
+from . import events, observability, verify
+from .codes import CodeHasher, new_code, new_id, new_short_id, new_token, normalise
 from .config import Settings
-from .errors import InvalidRequest, NotFound, ProviderError, StoreUnavailable, raise_for_reply
-from .keys import Keys, is_valid_id
+from .errors import InvalidRequest, NotFound, ProviderError, raise_for_reply
+from .keys import Keys, V1Keys, buckets, is_valid_card_id, is_valid_id, owner_member
 from .ledger_calls import LedgerCalls, layout_refusal, translated_errors
 from .ledger_library import RELEASE, Library, installed_libraries, prune_libraries
 from .money import Amount, exponent_of
-from .records import Card, JournalEntry, Operation, OperationList, Transaction, card_from_read
+from .records import Books, Card, Event, Operation, Transaction, TransactionRead, card_fields, card_from_read
 
-# Holds the sweeper releases per call on one card (it calls again while a call releases some):
-# keeps each call short on a card with a backlog. Money calls release every due hold.
+# Hold entries the sweeper looks at per call on one bucket (it calls again while a call releases
+# some): keeps each call short on a backlog. Money calls release every due hold of their card.
 SWEEP_BATCH = 100
 
 # A card's statuses; "inactive" is final (see gc_set_status).
@@ -36,7 +37,9 @@ class LedgerStore:
 
     def __init__(self, client: redis.Redis | RedisCluster | None, settings: Settings, library: Library = RELEASE):
         self.keys = Keys(settings.key_prefix)
-        self.calls = LedgerCalls(client, settings, library, self.keys.layout())
+        self.calls = LedgerCalls(
+            client, settings, library, self.keys.layout(), V1Keys(settings.key_prefix).all_cards_pattern()
+        )
         self.hasher = CodeHasher(settings.code_hash_secret)
         self.settings = settings
         self._hold_ms = str(round(settings.hold_lifetime_seconds * 1000))
@@ -108,81 +111,79 @@ class LedgerStore:
     ) -> tuple[Card, str]:
         """Create a card with balance 0. Returns it with its full redemption code, shown once.
 
-        The card is written first and its indexes after (on a cluster they live
-        in other slots), so an index never names a card that does not exist. If
-        Redis fails in between, the caller gets a 503 and the card, never handed
-        out, is unreachable by code: `flask cards verify` lists it (verify.py).
+        One call writes the card, its bucket's card list, its code index entry (the card's id
+        starts with its code digest's two digits, so both live in one bucket), the books' card
+        count and a "created" event. The owner index lives in another slot and is written after
+        (an index never names a card that does not exist). If Redis fails in between, the caller
+        gets a 503 and the card, never handed out, has no owner entry: `flask cards verify` lists it.
         """
         exponent = exponent_of(currency)
-        limit = self.balance_limit(currency)
-        for _ in range(3):  # a new id and code after a collision among 2**128 ids / 30**20 codes
-            card_id, code, token = new_id(), new_code(), new_token()
+        for _ in range(3):  # a new id and code after a collision among 2**120 ids / 2**128 digests
+            code, token = new_code(), new_token()
             code_digest = self.hasher.digest(code)
-            fields = {
-                "currency": currency.upper(),
-                "exponent": str(exponent),
-                "balanceLimit": str(limit),
-                "relationName": relation_name,
-                "caption": caption,
-                "profileId": profile_id,
-                "restrictedToOwner": "1" if restricted_to_owner else "0",
-                "multipleRedemptions": "1" if multiple_redemptions else "0",
-                "multipleCredits": "1" if multiple_credits else "0",
-                "codeLast4": normalise(code)[-4:],
-                "codeDigest": code_digest,
-                "token": token,
-            }
+            card_id = code_digest[:2] + new_id()[2:]
+            fields = card_fields(
+                currency=currency.upper(),
+                exponent=exponent,
+                balance_limit=self.balance_limit(currency),
+                profile_id=profile_id,
+                relation_name=relation_name,
+                caption=caption,
+                restricted_to_owner=restricted_to_owner,
+                multiple_redemptions=multiple_redemptions,
+                multiple_credits=multiple_credits,
+                code_last4=normalise(code)[-4:],
+                token=token,
+            )
             args = [
                 card_id,
+                code_digest,
                 "" if emission_ms is None else str(emission_ms),
                 "" if expiring_ms is None else str(expiring_ms),
                 self._validity_ms,
                 *(item for pair in fields.items() for item in pair),
             ]
-            reply = self._fcall("gc_create_card", [self.keys.card(card_id)], args)
+            reply = self._fcall("gc_create_card", self._creation_keys(card_id, code_digest), args)
             if reply[0] == "invalid_window":
                 raise InvalidRequest(
                     "expiringDate must be later than emissionDate and in the future",
                     errors={"json": {"expiringDate": ["Must be later than emissionDate and now."]}},
                 )
-            if reply[0] == "card_exists" or not self._index_card(card_id, code_digest, profile_id):
+            if reply[0] in ("card_exists", "code_taken"):
                 continue
+            raise_for_reply(reply)
+            self._index_owner(card_id, code_digest, profile_id)
             created_ms, emission, expiring = reply[1:]
-            fields.update(emissionMs=emission, expiringMs=expiring, createdMs=created_ms)
-            fields.update(available="0", held="0", status="active", seq="0")
+            fields.update({"from": emission, "to": expiring, "at": created_ms})
+            fields.update(av="0", hd="0", st="active", seq="1")
             return Card.from_hash(card_id, fields, 0, int(created_ms)), code
         raise ProviderError("card creation collided three times; please retry")
 
-    def _index_card(self, card_id: str, code_digest: str, profile_id: str) -> bool:
-        """Point the code and owner indexes at a new card; False (and the card withdrawn) if the code is taken.
+    def _creation_keys(self, card_id: str, code_digest: str) -> list[str]:
+        bucket = card_id[:2]
+        k = self.keys
+        return [k.card(card_id), k.card_list(card_id), k.code_index(code_digest), k.events(bucket), k.books(bucket)]
+
+    def _index_owner(self, card_id: str, code_digest: str, profile_id: str) -> None:
+        """Point the owner index at a new card.
 
         The same round trip reads the layout marker again: if a migration to another layout has
         finished since this process started, the new card would be left behind in the old layout,
         so it is withdrawn and the answer is a 503 (ledger_calls.layout_refusal).
         """
-        code_key, owner_key = self.keys.code_index(code_digest), self.keys.owner_index(profile_id)
-        claimed, _, layout = self._pipeline(
-            lambda pipe: (
-                pipe.set(code_key, card_id, nx=True),
-                pipe.sadd(owner_key, card_id),
-                pipe.get(self.calls.layout_key),
-            )
-        )
+        owner_key, member = self.keys.owner_index(profile_id), owner_member(profile_id, card_id)
+        _, layout = self._pipeline(lambda pipe: (pipe.zadd(owner_key, {member: 0}), pipe.get(self.calls.layout_key)))
         refusal = layout_refusal(layout)
-        if claimed and refusal is None:
-            return True
-        # The indexes go before the card they name.
-        self._pipeline(lambda pipe: (pipe.srem(owner_key, card_id), claimed and pipe.delete(code_key)))
-        self._fcall("gc_discard_card", [self.keys.card(card_id), self.keys.transactions(card_id)], [])
-        if refusal is not None:
-            raise refusal
-        return False
+        if refusal is None:
+            return
+        self._pipeline(lambda pipe: pipe.zrem(owner_key, member))  # the index goes before the card it names
+        self._fcall("gc_discard_card", self._creation_keys(card_id, code_digest), [card_id, code_digest])
+        raise refusal
 
     def card(self, card_id: str) -> Card | None:
-        if not is_valid_id(card_id):
+        if not is_valid_card_id(card_id):
             return None
-        reply = self._fcall("gc_read_card", [self.keys.card(card_id), self.keys.holds(card_id)], [], readonly=True)
-        return card_from_read(card_id, reply)
+        return card_from_read(card_id, self._fcall("gc_read_card", [self.keys.card(card_id)], [], readonly=True))
 
     def find_by_code(self, code: str) -> Card | None:
         """The card a redemption code names, or None. Two round trips: index, then card."""
@@ -199,11 +200,12 @@ class LedgerStore:
         """
         if not normalise(code):
             return [None] * len(counters), None
+        digest = self.hasher.digest(code)
 
         def reads(pipe):
             for key, name in counters:  # one HGET each: on a cluster the hashes live in different slots
                 pipe.hget(key, name)
-            pipe.get(self.keys.code_index(self.hasher.digest(code)))
+            pipe.hget(self.keys.code_index(digest), digest)
 
         *values, card_id = self._pipeline(reads)
         if refused(values) or not card_id:
@@ -211,14 +213,25 @@ class LedgerStore:
         return values, self.card(card_id)
 
     def cards_of(self, identities: set[str]) -> list[Card]:
-        """Cards owned by any of the identities (client id, email), oldest first."""
-        owned = self._pipeline(lambda pipe: [pipe.smembers(self.keys.owner_index(i)) for i in sorted(identities)])
-        ids = sorted(set().union(*owned))
+        """Cards owned by any of the identities (client id, email), oldest first. Two round trips:
+        the owner index shards (a lex range each), then the cards."""
+
+        def ranges(pipe):
+            for identity in sorted(identities):
+                pipe.zrangebylex(self.keys.owner_index(identity), f"[{identity}|", f"({identity}}}")
+
+        found = self._pipeline(ranges)
+        ids = sorted(
+            {
+                card_id
+                for identity, members in zip(sorted(identities), found, strict=True)
+                for owner, _, card_id in (m.rpartition("|") for m in members)
+                if owner == identity and is_valid_card_id(card_id)  # "a|b|<id>" is owner "a|b", not "a"
+            }
+        )
         read_card = self.library.function("gc_read_card")
         replies = self._with_library(
-            lambda: self._pipeline(
-                lambda pipe: [pipe.fcall_ro(read_card, 2, self.keys.card(i), self.keys.holds(i)) for i in ids]
-            )
+            lambda: self._pipeline(lambda pipe: [pipe.fcall_ro(read_card, 1, self.keys.card(i)) for i in ids])
         )
         cards = [card_from_read(i, r) for i, r in zip(ids, replies, strict=True)]
         return sorted((c for c in cards if c), key=lambda c: c.created_ms)
@@ -227,70 +240,81 @@ class LedgerStore:
         """Block, unblock or deactivate a card; moves no money. Returns (changed, previous status, changed ms)."""
         if status not in STATUSES:
             raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}")
-        self._require_id(card_id, "gift card")
-        reply = self._fcall("gc_set_status", [self.keys.card(card_id)], [status, reason])
+        self._require_card(card_id, "gift card")
+        reply = self._fcall("gc_set_status", self.keys.card_keys(card_id), [status, reason])
         if reply[0] == "unchanged":
             return False, reply[1], int(reply[2]) if reply[2] else None
         _, (previous, changed_ms) = raise_for_reply(reply)
         return True, previous, int(changed_ms)
 
-    def journal(self, card_id: str, *, after: str = "-", count: int | None = None) -> list[JournalEntry]:
-        """Journal entries oldest first, from just after entry id `after` (for paging), at most `count`."""
-        self._require_id(card_id, "gift card")
-        with translated_errors():
-            page = self.redis.xrange(self.keys.journal(card_id), "-" if after == "-" else f"({after}", count=count)
-        return [JournalEntry.from_stream(entry_id, fields) for entry_id, fields in page]
+    # -- events, books, walks over every card -----------------------------------
 
-    def journal_tail(self, card_id: str, count: int) -> list[JournalEntry]:
-        """The newest `count` journal entries, oldest first."""
-        self._require_id(card_id, "gift card")
+    def journal(self, card_id: str, *, after: str = "-", count: int | None = None) -> list[Event]:
+        """A card's events oldest first, from just after stream id `after` (for paging), at most `count`.
+        Read from its bucket's event log, filtered: an operator's tool, never a request path."""
+        self._require_card(card_id, "gift card")
         with translated_errors():
-            page = self.redis.xrevrange(self.keys.journal(card_id), count=count)[::-1]
-        return [JournalEntry.from_stream(entry_id, fields) for entry_id, fields in page]
+            return events.card_events(self.redis, self.keys, card_id, after=after, count=count)
 
-    def cards_with_holds(self) -> Iterator[str]:
-        """Ids of the cards holding money, by SCAN (the sweeper's tool: never on a request path)."""
+    def journal_tail(self, card_id: str, count: int) -> list[Event]:
+        """The newest `count` events of a card, oldest first."""
+        self._require_card(card_id, "gift card")
         with translated_errors():
-            for key in self.redis.scan_iter(match=self.keys.holds_pattern(), count=1000):
-                if card_id := self.keys.card_id_in(key):
-                    yield card_id
+            return events.card_events(self.redis, self.keys, card_id, count=count, newest=True)
+
+    def events(self, since: dict[str, str] | None = None, count: int = 1000) -> list[Event]:
+        """Events of every bucket after the cursor `since` (bucket -> last stream id seen; a bucket
+        missing from it is read from its start), at most `count` per bucket, in time order."""
+        with translated_errors():
+            return events.read_all(self.redis, self.keys, since or {}, count)
+
+    def books(self) -> dict[str, Books]:
+        """The running totals per currency, summed over every bucket's books: one round trip, whatever
+        the number of cards."""
+        with translated_errors():
+            replies = self._pipeline(lambda pipe: [pipe.hgetall(self.keys.books(b)) for b in buckets()])
+        return Books.total(replies)
 
     def card_ids(self) -> Iterator[str]:
-        """Every card id, by SCAN (operators' export and verify: never on a request path)."""
-        with translated_errors():
-            yield from verify.card_ids(self.redis, self.keys)
+        """Every card id, bucket by bucket, from the buckets' card lists (no walk of the keyspace)."""
+        for bucket in buckets():
+            lists = self._pipeline(lambda pipe, b=bucket: [pipe.hkeys(k) for k in self.keys.card_lists(b)])
+            yield from sorted(card_id for ids in lists for card_id in ids)
 
     def verify(self, card_id: str | None = None) -> verify.Report:
-        """Recompute one card, or every card and index, from the journals (verify.py)."""
+        """Recompute one card, or every card, its indexes and the books, from the event log (verify.py)."""
         with translated_errors():
             return verify.verify_store(self.redis, self.keys, card_id, self.library)
 
     def expire_all_holds(self) -> dict:
-        """The sweeper's pass: release every hold past its deadline, card by card, SWEEP_BATCH per call.
+        """The sweeper's pass: release every hold past its deadline, bucket by bucket.
 
-        Returns {"cardsWithHolds", "holdsReleased", "released": {card: n}, "errors": {card: message},
-        "moving": [card]}; a card that cannot be swept (removed by hand under its holds, or being moved
-        by an upgrade) is reported, not fatal.
+        One round trip counts every bucket's due holds; then gc_sweep_bucket runs on the buckets that
+        have any, SWEEP_BATCH entries per call, until a call finds no more. The cost grows with the
+        buckets and the due holds, never with the keyspace. Returns {"bucketsWithDueHolds",
+        "holdsReleased", "errors": {bucket: message}, "moving": holds skipped because a layout
+        migration is moving their card}; a bucket that cannot be swept is reported, not fatal.
         """
-        released, errors, moving = {}, {}, []
-        holding = list(self.cards_with_holds())
-        for card_id in holding:
+        with translated_errors():
+            seconds, micros = self.redis.time()
+        now_ms = seconds * 1000 + micros // 1000
+        all_buckets = buckets()
+        counts = self._pipeline(lambda pipe: [pipe.zcount(self.keys.holds(b), "-inf", now_ms) for b in all_buckets])
+        due = [b for b, n in zip(all_buckets, counts, strict=True) if n]
+        released, moving, errors = 0, 0, {}
+        for bucket in due:
+            keys = [self.keys.holds(bucket), self.keys.events(bucket), self.keys.books(bucket)]
             try:
-                while count := self.expire_holds(card_id):
-                    released[card_id] = released.get(card_id, 0) + count
-            except StoreUnavailable as exc:
-                if exc.code != "card_moving":
-                    raise
-                moving.append(card_id)  # an upgrade is moving it: the new release sweeps it
+                while True:
+                    reply = self._fcall("gc_sweep_bucket", keys, [str(SWEEP_BATCH)])
+                    _, (freed, looked, skipped) = raise_for_reply(reply)
+                    released += int(freed)
+                    if not (int(freed) or (int(looked) == SWEEP_BATCH and not int(skipped))):
+                        moving += int(skipped)
+                        break
             except ProviderError as exc:
-                errors[card_id] = exc.message
-        return {
-            "cardsWithHolds": len(holding),
-            "holdsReleased": sum(released.values()),
-            "released": released,
-            "errors": errors,
-            "moving": moving,
-        }
+                errors[bucket] = exc.message
+        return {"bucketsWithDueHolds": len(due), "holdsReleased": released, "errors": errors, "moving": moving}
 
     # -- money rules applied before the ledger ---------------------------------
 
@@ -329,102 +353,58 @@ class LedgerStore:
         owner, name the owner among `identities` (normalised: identity.py); the ledger checks both.
         """
         self.check_ceiling(amount)
-        self._require_id(card_id, "gift card")
-        tx_id = new_id()
-        k = self.keys
-        reply = self._fcall(
-            "gc_authorize",
-            [
-                k.card(card_id),
-                k.transactions(card_id),
-                k.requests(card_id),
-                k.journal(card_id),
-                k.holds(card_id),
-                k.transaction(card_id, tx_id),
-            ],
-            [
-                tx_id,
-                operation,
-                *amount.ledger_args(),
-                request_id,
-                token,
-                self._hold_ms,
-                order_id,
-                description,
-                *sorted(identities),
-            ],
-        )
+        self._require_card(card_id, "gift card")
+        args = [operation, *amount.ledger_args(), request_id, token, self._hold_ms, order_id, description]
+        for _ in range(3):  # a new id after a collision among the card's 2**64 transaction ids
+            reply = self._fcall(
+                "gc_authorize", self.keys.card_keys(card_id), [new_short_id(), *args, *sorted(identities)]
+            )
+            if reply[0] != "id_taken":
+                break
         replayed, (tx, date_ms) = raise_for_reply(reply)
         return replayed, tx, int(date_ms)
 
     def settle(self, card_id: str, tx_id: str, amount: Amount, request_id: str) -> tuple[bool, Operation, int]:
         """Capture part of what a Debit holds. Returns (replayed, record, currency exponent)."""
-        return self._operate("gc_settle", self.keys.settlements, card_id, tx_id, amount, request_id)
+        return self._operate("gc_settle", card_id, tx_id, amount, request_id)
 
     def cancel(self, card_id: str, tx_id: str, amount: Amount, request_id: str) -> tuple[bool, Operation, int]:
         """Release what is held, then refund what was settled. Returns (replayed, record, exponent)."""
-        return self._operate("gc_cancel", self.keys.cancellations, card_id, tx_id, amount, request_id)
+        return self._operate("gc_cancel", card_id, tx_id, amount, request_id)
 
-    def _operate(self, function, records_key, card_id, tx_id, amount, request_id):
+    def _operate(self, function, card_id, tx_id, amount, request_id):
         self.check_ceiling(amount)
-        self._require_id(card_id, "transaction")
+        self._require_card(card_id, "transaction")
         self._require_id(tx_id, "transaction")
-        k = self.keys
         reply = self._fcall(
-            function,
-            [
-                k.card(card_id),
-                k.transaction(card_id, tx_id),
-                k.operation_requests(card_id, tx_id),
-                records_key(card_id, tx_id),
-                k.journal(card_id),
-                k.holds(card_id),
-            ],
-            [new_id(), *amount.ledger_args(), request_id],
+            function, self.keys.card_keys(card_id), [tx_id, new_short_id(), *amount.ledger_args(), request_id]
         )
         replayed, (oid, minor, date_ms, exponent) = raise_for_reply(reply, "transaction")
         return replayed, Operation(oid, int(minor), int(date_ms), request_id), int(exponent)
 
     def expire_holds(self, card_id: str, batch: int = SWEEP_BATCH) -> int:
-        """Release at most `batch` of the card's holds past their deadline now. Returns how many."""
-        self._require_id(card_id, "gift card")
-        k = self.keys
-        reply = self._fcall("gc_expire_holds", [k.card(card_id), k.journal(card_id), k.holds(card_id)], [str(batch)])
+        """Release at most `batch` of one card's holds past their deadline now. Returns how many."""
+        self._require_card(card_id, "gift card")
+        reply = self._fcall("gc_expire_holds", self.keys.card_keys(card_id), [str(batch)])
         return int(raise_for_reply(reply)[1][0])
 
     def transaction_ids(self, card_id: str, start: int, stop: int) -> tuple[list[str], int]:
-        """A page of the card's transaction ids (oldest first) and their total count."""
-        self._require_id(card_id, "gift card")
-        k = self.keys
-        exists, ids, total = self._pipeline(
-            lambda pipe: (
-                pipe.exists(k.card(card_id)),
-                pipe.lrange(k.transactions(card_id), start, stop),
-                pipe.llen(k.transactions(card_id)),
-            )
-        )
-        if not exists:
+        """A page of the card's transaction ids (oldest first; start/stop as LRANGE) and their total count."""
+        self._require_card(card_id, "gift card")
+        reply = self._fcall("gc_read_transactions", [self.keys.card(card_id)], [str(start), str(stop)], readonly=True)
+        if reply[0] == "not_found":
             raise NotFound("gift card not found")
-        return ids, total
+        _, total, *ids = reply
+        return ids, int(total)
 
     def transaction(self, card_id: str, tx_id: str) -> tuple[Transaction, int]:
         """A transaction and the card's currency exponent."""
-        self._require_id(card_id, "transaction")
-        self._require_id(tx_id, "transaction")
-        exponent, fields = self._pipeline(
-            lambda pipe: (
-                pipe.hget(self.keys.card(card_id), "exponent"),
-                pipe.hgetall(self.keys.transaction(card_id, tx_id)),
-            )
-        )
-        transaction = Transaction.from_hash(fields)
-        if transaction is None or exponent is None:
-            raise NotFound("transaction not found")
-        return transaction, int(exponent)
+        read = self._read_transaction(card_id, tx_id)
+        return read.transaction, read.exponent
 
     def settlements(self, card_id: str, tx_id: str) -> tuple[list[Operation], int]:
         """A transaction's settlements, oldest first, and the card's currency exponent."""
-        read = self._operations(self.keys.settlements, card_id, tx_id)
+        read = self._read_transaction(card_id, tx_id).operation_list("s")
         return read.records, read.exponent
 
     def cancellations(self, card_id: str, tx_id: str) -> tuple[list[Operation], int]:
@@ -434,19 +414,14 @@ class LedgerStore:
         as the very record its release will write (see release_if_due in
         ledger.lua), so the Hub's sum never misses money that is already back.
         """
-        read = self._operations(self.keys.cancellations, card_id, tx_id)
+        read = self._read_transaction(card_id, tx_id).operation_list("c")
         return read.records + ([read.due_release] if read.due_release else []), read.exponent
 
-    def _operations(self, records_key, card_id, tx_id) -> OperationList:
-        self._require_id(card_id, "transaction")
+    def _read_transaction(self, card_id: str, tx_id: str) -> TransactionRead:
+        self._require_card(card_id, "transaction")
         self._require_id(tx_id, "transaction")
-        reply = self._fcall(
-            "gc_read_operations",
-            [self.keys.card(card_id), self.keys.transaction(card_id, tx_id), records_key(card_id, tx_id)],
-            [],
-            readonly=True,
-        )
-        read = OperationList.from_reply(tx_id, reply)
+        reply = self._fcall("gc_read_transaction", [self.keys.card(card_id)], [tx_id], readonly=True)
+        read = TransactionRead.from_reply(tx_id, reply)
         if read is None:
             raise NotFound("transaction not found")
         return read
@@ -454,4 +429,9 @@ class LedgerStore:
     @staticmethod
     def _require_id(value: str, what: str) -> None:
         if not is_valid_id(value):
+            raise NotFound(f"{what} not found")
+
+    @staticmethod
+    def _require_card(card_id: str, what: str) -> None:
+        if not is_valid_card_id(card_id):
             raise NotFound(f"{what} not found")

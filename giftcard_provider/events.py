@@ -1,0 +1,103 @@
+"""The event log: every bucket's stream of events, read as one ordered log, and its retention.
+
+ledger.lua appends an event to the card's bucket stream (``gc:{b<bb>}:events``) in the same
+call as every money movement, status change, creation and import, so the log is exactly as
+durable as the balances it describes, and in the same slot. An event's id is
+``<bucket>-<stream id>``: stable and unique. Within a bucket, events are in order; across
+buckets, a reader merges them by time (the stream ids' milliseconds, on Redis's clock).
+
+A reader keeps a **cursor**: per bucket, the last stream id it has handled. Reading from a
+cursor returns every later event (at-least-once: a reader that stops before saving its cursor
+reads the same events again, so consumers de-duplicate by event id). A named consumer's cursor is
+kept in Redis, ``gc:consumers:<name>`` (hash: bucket -> last id), by `save_cursor`.
+
+Retention (EVENT_RETENTION_DAYS, EVENT_RETENTION_MAX) trims old events in the sweeper's pass.
+Verify replays a card from its first retained event, so trimming never makes a sound card look
+broken, but a consumer that falls behind the retention loses events: keep the retention longer
+than any consumer may be down.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import redis
+
+from .keys import Keys, buckets
+from .records import Event
+
+PAGE = 1000
+
+
+def _stream_key(event: Event) -> tuple[int, int, str]:
+    ms, _, n = event.stream_id.partition("-")
+    return int(ms), int(n), event.bucket
+
+
+def card_events(
+    client: redis.Redis, keys: Keys, card_id: str, *, after: str = "-", count: int | None = None, newest: bool = False
+) -> list[Event]:
+    """A card's events, oldest first: from just after stream id `after`, at most `count`; or with
+    `newest` the last `count`. The bucket's log is read page by page and filtered (an operator's
+    tool: its cost grows with the bucket's events)."""
+    bucket, key = card_id[:2], keys.events(card_id[:2])
+    found: list[Event] = []
+    if newest:
+        end = "+"
+        while (count is None or len(found) < count) and (page := client.xrevrange(key, end, "-", count=PAGE)):
+            found += [e for e in _events(bucket, page) if e.card_id == card_id]
+            end = f"({page[-1][0]}"
+        return found[:count][::-1] if count is not None else found[::-1]
+    start = "-" if after == "-" else f"({after}"
+    while (count is None or len(found) < count) and (page := client.xrange(key, start, "+", count=PAGE)):
+        found += [e for e in _events(bucket, page) if e.card_id == card_id]
+        start = f"({page[-1][0]}"
+    return found[:count] if count is not None else found
+
+
+def _events(bucket: str, page) -> list[Event]:
+    return [Event.from_stream(bucket, stream_id, fields) for stream_id, fields in page]
+
+
+def read_all(client: redis.Redis, keys: Keys, cursor: dict[str, str], count: int = PAGE) -> list[Event]:
+    """The events after `cursor` (bucket -> last stream id handled; a missing bucket is read from
+    its start, or from the cursor's "*" entry: "<ms>-0" to start at a time), at most `count` per
+    bucket, merged by time. One round trip for all buckets."""
+    everyone = buckets()
+    default = cursor.get("*", "-")
+    pipe = client.pipeline(transaction=False)
+    for b in everyone:
+        last = cursor.get(b)
+        pipe.xrange(keys.events(b), f"({last}" if last else default, "+", count=count)
+    pages = pipe.execute()
+    return list(heapq.merge(*(_events(b, p) for b, p in zip(everyone, pages, strict=True)), key=_stream_key))
+
+
+def advance(cursor: dict[str, str], events: list[Event]) -> dict[str, str]:
+    """The cursor after handling `events`."""
+    moved = dict(cursor)
+    for event in events:
+        moved[event.bucket] = event.stream_id
+    return moved
+
+
+def load_cursor(client: redis.Redis, keys: Keys, name: str) -> dict[str, str]:
+    return client.hgetall(keys.consumer(name))
+
+
+def save_cursor(client: redis.Redis, keys: Keys, name: str, cursor: dict[str, str]) -> None:
+    if cursor:
+        client.hset(keys.consumer(name), mapping=cursor)
+
+
+def trim(client: redis.Redis, keys: Keys, *, now_ms: int, max_age_days: int, max_per_bucket: int) -> int:
+    """Apply retention to every bucket's log (0 = no limit of that kind). Returns events removed."""
+    if not (max_age_days or max_per_bucket):
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for b in buckets():
+        if max_age_days:
+            pipe.xtrim(keys.events(b), minid=f"{now_ms - max_age_days * 86_400_000}-0", approximate=False)
+        if max_per_bucket:
+            pipe.xtrim(keys.events(b), maxlen=max_per_bucket, approximate=False)
+    return sum(pipe.execute())
