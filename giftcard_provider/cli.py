@@ -34,11 +34,12 @@ from schemas.giftcards import CreateCardRequestSchema
 from .codes import mask, new_id, normalise
 from .config import Settings
 from .errors import InvalidRequest, ProviderError, Refused, StoreUnavailable
+from .events import advance as advance_cursor
 from .identity import normalise as normalise_identity
 from .keys import is_valid_id
 from .money import Amount, UnknownCurrency, exponent_of
 from .observability import StdoutHandler
-from .records import Card, JournalEntry, Transaction
+from .records import EVENT_DELTAS, Card, JournalEntry, Transaction
 from .store import LedgerStore
 
 _AMOUNT = re.compile(r"\d+(\.\d+)?")
@@ -241,7 +242,7 @@ def journal_view(card_id: str, currency: str, exponent: int, entry: JournalEntry
         "cardId": card_id,
         "currency": currency,
         "seq": entry.seq,
-        "entryId": entry.entry_id,
+        "entryId": entry.id,
         "at": iso_ms(entry.at_ms),
         "kind": entry.kind,
         "transactionId": entry.tx_id,
@@ -669,25 +670,148 @@ def verify(card_id, as_json):
 def export(card_id, output, since, until):
     """Write journals as NDJSON for finance: one JSON object per money movement.
 
-    One card, or every card when CARD_ID is left out. Each line carries the
-    card id, currency, entry kind, transaction id, time (ISO 8601 UTC), and
-    every amount twice: exact major units as a string ("12.50") and integer
-    minor units. A summary goes to stderr.
+    One card, or every card when CARD_ID is left out (bucket by bucket, from the
+    event log: the cost grows with the events, not with the keyspace). Each line
+    carries the card id, currency, entry kind, transaction id, time (ISO 8601
+    UTC), and every amount twice: exact major units as a string ("12.50") and
+    integer minor units. Events that move no money (created, status, imported)
+    are left out. A summary goes to stderr.
     """
     store = _store()
-    written = exported_cards = 0
-    for cid in [card_id] if card_id else store.card_ids():
-        card = _card(store, cid)
-        currency, exponent = card.currency, card.exponent
-        exported_cards += 1
-        after = "-"
-        while page := store.journal(cid, after=after, count=JOURNAL_PAGE):
-            for entry in page:
-                if (since is None or entry.at_ms >= since) and (until is None or entry.at_ms < until):
-                    output.write(json.dumps(journal_view(cid, currency, exponent, entry)) + "\n")
-                    written += 1
-            after = page[-1].entry_id
-    click.echo(f"exported {written} journal entries from {exported_cards} card(s)", err=True)
+    written = 0
+    if card_id:
+        _card(store, card_id)
+        entries, cards_read = _paged(lambda after: store.journal(card_id, after=after, count=JOURNAL_PAGE)), 1
+    else:
+        entries = store.all_events(start_ms=since, end_ms=until)
+        cards_read = sum(book.cards for book in store.books().values())
+    for entry in entries:
+        if entry.type not in EVENT_DELTAS:
+            continue
+        if (since is None or entry.at_ms >= since) and (until is None or entry.at_ms < until):
+            exponent = exponent_of(entry.currency)
+            output.write(json.dumps(journal_view(entry.card_id, entry.currency, exponent, entry)) + "\n")
+            written += 1
+    click.echo(f"exported {written} journal entries from {cards_read} card(s)", err=True)
+
+
+def _paged(read_after):
+    after = "-"
+    while page := read_after(after):
+        yield from page
+        after = page[-1].stream_id
+
+
+@cards.command("events")
+@click.option("--since", "since", help="Start after this event id (\"<bucket>-<ms>-<n>\"), or at DATE (ISO 8601). "
+              "[default: the consumer's cursor, else the beginning]")  # fmt: skip
+@click.option("--consumer", help="Keep this consumer's cursor in Redis: start where it stopped, save as it goes.")
+@click.option("--follow", "-f", is_flag=True, help="Keep waiting for new events (Ctrl-C or SIGTERM stops).")
+@click.option(
+    "--count", type=click.IntRange(min=1), default=1000, show_default=True, help="Events per read, per bucket."
+)
+@click.option("--poll", type=click.FloatRange(min=0.05), default=1.0, show_default=True, metavar="SECONDS")
+def events_command(since, consumer, follow, count, poll):
+    """Write the event log as NDJSON: every money movement, status change, creation and import.
+
+    Every bucket's log, merged by time within each read (a card's events, and a bucket's, always
+    come in their order). Each line has the event's stable id, type, card,
+    transaction, ref, currency, the amount and the card's balances after it (exact major units
+    and integer minor units) and the card's sequence number. Delivery is at least once: with
+    --consumer the cursor is saved after each batch is written, so a consumer that stops before
+    that reads the batch again (de-duplicate by id).
+    """
+    if consumer is not None and not is_valid_id(consumer):
+        raise click.BadParameter("1 to 64 letters, digits, '-' or '_'", param_hint="'--consumer'")
+    store = _store()
+    cursor = store.event_cursor(consumer) if consumer else {}
+    if since:
+        cursor = _cursor_from(since)
+    stop: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
+    written = 0
+    try:
+        while not stop:
+            batch = store.events(cursor, count)
+            for event in batch:
+                click.echo(json.dumps(event_view(event)))
+            written += len(batch)
+            if batch:
+                cursor = advance_cursor(cursor, batch)
+                if consumer:
+                    store.save_event_cursor(consumer, cursor)
+                continue
+            if not follow:
+                break
+            time.sleep(poll)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    click.echo(f"{written} event(s)", err=True)
+
+
+def _cursor_from(since: str) -> dict[str, str]:
+    """An event id starts the log just after it in its own bucket (and at its time in the others);
+    a date starts every bucket at that time."""
+    match = re.fullmatch(r"([0-9a-f]{2})-(\d+)-(\d+)", since)
+    if match:
+        bucket, ms, n = match.groups()
+        return {"*": f"{ms}-{n}", bucket: f"{ms}-{n}"}
+    try:
+        return {"*": f"{DATE.convert(since, None, None)}-0"}
+    except click.BadParameter:
+        raise click.BadParameter("an event id (<bucket>-<ms>-<n>) or a date", param_hint="'--since'") from None
+
+
+def event_view(event) -> dict:
+    exponent = exponent_of(event.currency)
+    return {
+        "id": event.id,
+        "type": event.type,
+        "at": iso_ms(event.at_ms),
+        "cardId": event.card_id,
+        "transactionId": event.tx_id,
+        "ref": event.ref,
+        "currency": event.currency,
+        "amount": major(event.amount, exponent),
+        "amountMinor": event.amount,
+        "availableAfter": major(event.available, exponent),
+        "availableAfterMinor": event.available,
+        "heldAfter": major(event.held, exponent),
+        "heldAfterMinor": event.held,
+        "seq": event.seq,
+    }
+
+
+@cards.command("books")
+@json_option
+def books(as_json):
+    """What the ledger owes, per currency, from the books the ledger keeps with every movement.
+
+    Answers in one Redis round trip whatever the number of cards. The liability is what the
+    cards hold: available plus held. `verify` checks the books against every card.
+    """
+    started = time.perf_counter()
+    totals = _store().books()
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    views = {}
+    for currency, book in totals.items():
+        exponent = exponent_of(currency)
+        views[currency] = {
+            name: {"amount": major(value, exponent), "amountMinor": value} if name != "cards" else value
+            for name, value in book.as_dict().items()
+        }
+    if as_json:
+        _emit({"currencies": views, "readMs": round(elapsed_ms, 3)})
+        return
+    if not views:
+        click.echo("no cards yet")
+    for currency, view in views.items():
+        click.echo(f"{currency}: liability {view['liability']['amount']} ({view['cards']} card(s))")
+        for name in ("available", "held", "credited", "reversed", "authorized", "settled", "released", "expired",
+                     "refunded"):  # fmt: skip
+            click.echo(f"  {name:<11} {view[name]['amount']:>20}")
+    click.echo(f"read in {elapsed_ms:.1f} ms", err=True)
 
 
 @cards.command("libraries")
@@ -718,7 +842,7 @@ def libraries(prune, as_json):
 @cards.command("expire-holds")
 @json_option
 def expire_holds(as_json):
-    """Release every hold past its deadline now, on every card holding money.
+    """Release every hold past its deadline now, on every card holding money; apply the event retention.
 
     Money calls and reads already treat an expired hold as released; this
     writes the release (an "expired" cancellation) so the records catch up.
@@ -729,15 +853,21 @@ def expire_holds(as_json):
         _emit(result)
     else:
         click.echo(
-            f"released {result['holdsReleased']} expired hold(s) on {len(result['released'])} card(s) "
-            f"({result['cardsWithHolds']} card(s) holding money)"
+            f"released {result['holdsReleased']} expired hold(s) "
+            f"({result['bucketsWithDueHolds']} bucket(s) had holds due)"
         )
-        for cid, message in result["errors"].items():
-            click.echo(f"card {cid}: {message}", err=True)
-        if result["moving"]:
-            click.echo(f"{len(result['moving'])} card(s) skipped: being moved by a layout upgrade", err=True)
+        _sweep_notes(result, prefix="")
     if result["errors"]:
         click.get_current_context().exit(1)
+
+
+def _sweep_notes(result: dict, prefix: str) -> None:
+    for bucket, message in result["errors"].items():
+        click.echo(f"{prefix}bucket {bucket}: {message}", err=True)
+    if result["moving"]:
+        click.echo(f"{prefix}{result['moving']} hold(s) skipped: their cards are being moved by a layout upgrade")
+    if result["eventsTrimmed"]:
+        click.echo(f"{prefix}{result['eventsTrimmed']} event(s) past the retention trimmed")
 
 
 @cards.command("sweep")
@@ -773,14 +903,8 @@ def sweep(every, passes):
             try:
                 result = store.expire_all_holds()
                 if result["holdsReleased"]:
-                    click.echo(
-                        f"sweep: released {result['holdsReleased']} expired hold(s) "
-                        f"on {len(result['released'])} card(s)"
-                    )
-                for cid, message in result["errors"].items():
-                    click.echo(f"sweep: card {cid}: {message}", err=True)
-                if result["moving"]:
-                    click.echo(f"sweep: {len(result['moving'])} card(s) skipped: being moved by a layout upgrade")
+                    click.echo(f"sweep: released {result['holdsReleased']} expired hold(s)")
+                _sweep_notes(result, prefix="sweep: ")
             except (ProviderError, redis.RedisError) as exc:
                 click.echo(f"sweep: pass failed, retrying in {every:g} s: {exc}", err=True)
             done += 1

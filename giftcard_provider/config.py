@@ -51,6 +51,14 @@ def _pairs(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _count(name: str, text: str) -> int:
+    """A whole number, 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise ConfigError(f"{name} must be 0 or more, not {text!r}")
+    return value
+
+
 def _ceiling(name: str, text: str) -> Decimal:
     value = Decimal(text)
     if not 0 < value <= MAX_CEILING:
@@ -129,6 +137,11 @@ class Settings:
     code_lookup_address_limit: str = ""
     code_lookup_max_tracked: int = 10_000
     trusted_proxy_hops: int = 0  # proxies that append to X-Forwarded-For (Heroku's router: 1)
+    # Event log retention (events.py), applied by the sweeper: events older than this many days, and
+    # beyond this many per bucket (256 buckets), are trimmed; 0 keeps them (the default: the log is
+    # the ledger's history, and a webhook consumer that is down must find its events when it is back).
+    event_retention_days: int = 0
+    event_retention_max: int = 0
     metrics_token: str = ""  # GET /metrics wants `Authorization: Bearer <it>`; production without it: no /metrics
     api_docs: bool = True  # Swagger UI at /docs (production: off unless API_DOCS=1)
 
@@ -188,6 +201,8 @@ class Settings:
                 code_lookup_address_limit=get("CODE_LOOKUP_ADDRESS_LIMIT", cls.code_lookup_address_limit),
                 code_lookup_max_tracked=int(get("CODE_LOOKUP_MAX_TRACKED", cls.code_lookup_max_tracked)),
                 trusted_proxy_hops=int(get("TRUSTED_PROXY_HOPS", cls.trusted_proxy_hops)),
+                event_retention_days=_count("EVENT_RETENTION_DAYS", get("EVENT_RETENTION_DAYS", "0")),
+                event_retention_max=_count("EVENT_RETENTION_MAX", get("EVENT_RETENTION_MAX", "0")),
                 metrics_token=metrics_token,
                 # Swagger UI is for people: on by default in development only.
                 api_docs=_flag("API_DOCS", api_docs) if api_docs.strip() else app_env == "development",

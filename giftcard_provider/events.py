@@ -55,6 +55,21 @@ def card_events(
     return found[:count] if count is not None else found
 
 
+def walk(client: redis.Redis, keys: Keys, start_ms: int | None = None, end_ms: int | None = None):
+    """Every event of every bucket from `start_ms` (inclusive) to `end_ms` (exclusive), merged in time
+    order; each bucket is read a page at a time, so memory stays at one page per bucket."""
+    start = f"{start_ms}-0" if start_ms is not None else "-"
+    end = f"({end_ms}-0" if end_ms is not None else "+"
+
+    def bucket_events(bucket: str):
+        key, first = keys.events(bucket), start
+        while page := client.xrange(key, first, end, count=PAGE):
+            yield from _events(bucket, page)
+            first = f"({page[-1][0]}"
+
+    return heapq.merge(*(bucket_events(b) for b in buckets()), key=_stream_key)
+
+
 def _events(bucket: str, page) -> list[Event]:
     return [Event.from_stream(bucket, stream_id, fields) for stream_id, fields in page]
 

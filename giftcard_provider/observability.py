@@ -189,6 +189,48 @@ def metrics_text() -> bytes:
     return generate_latest(REGISTRY)
 
 
+class BooksCollector:
+    """The ledger's books as gauges, read from Redis at scrape time (one round trip, whatever the
+    number of cards: store.books). Minor units, exact integers, per currency. If Redis cannot be
+    read, the gauges are left out of this scrape (and the failure counted), never the whole page."""
+
+    TOTALS = {
+        "liability": "What the cards hold (available + held): owed to card holders",
+        "available": "Spendable on the cards",
+        "held": "Held by Debits not yet settled, released or expired",
+        "credited": "Loaded by Credits, ever",
+        "settled": "Captured from holds, ever",
+        "refunded": "Given back after settlement, ever",
+        "reversed": "Credits taken back out, ever",
+        "expired": "Holds given back by their deadline, ever",
+        "cards": "Cards issued",
+    }
+
+    def __init__(self, store):
+        self.store = store
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            books = self.store.books()
+        except Exception as exc:  # a scrape must answer: the ledger gauges are simply absent this time
+            redis_error("metrics", exc)
+            return
+        for total, text in self.TOTALS.items():
+            unit = "" if total == "cards" else " (minor units of the currency)"
+            family = GaugeMetricFamily(f"giftcard_books_{total}", text + unit, labels=["currency"])
+            for currency, book in books.items():
+                family.add_metric([currency], book.as_dict()[total])
+            yield family
+
+
+def books_text(store) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BooksCollector(store))
+    return generate_latest(registry)
+
+
 blp = Blueprint("observability", __name__)
 
 
@@ -204,7 +246,8 @@ def metrics():
             response.status_code = 401
             response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
             return response
-    return Response(metrics_text(), content_type=CONTENT_TYPE_LATEST)
+    store = current_app.extensions["giftcard_provider"]["store"]
+    return Response(metrics_text() + books_text(store), content_type=CONTENT_TYPE_LATEST)
 
 
 # -- logs ---------------------------------------------------------------------

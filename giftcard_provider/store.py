@@ -268,6 +268,20 @@ class LedgerStore:
         with translated_errors():
             return events.read_all(self.redis, self.keys, since or {}, count)
 
+    def event_cursor(self, consumer: str) -> dict[str, str]:
+        """A named consumer's saved cursor (bucket -> last stream id), {} if it has none."""
+        with translated_errors():
+            return events.load_cursor(self.redis, self.keys, consumer)
+
+    def save_event_cursor(self, consumer: str, cursor: dict[str, str]) -> None:
+        with translated_errors():
+            events.save_cursor(self.redis, self.keys, consumer, cursor)
+
+    def all_events(self, start_ms: int | None = None, end_ms: int | None = None) -> Iterator[Event]:
+        """Every event from `start_ms` to `end_ms` (exclusive), all buckets merged in time order."""
+        with translated_errors():
+            yield from events.walk(self.redis, self.keys, start_ms, end_ms)
+
     def books(self) -> dict[str, Books]:
         """The running totals per currency, summed over every bucket's books: one round trip, whatever
         the number of cards."""
@@ -293,7 +307,8 @@ class LedgerStore:
         have any, SWEEP_BATCH entries per call, until a call finds no more. The cost grows with the
         buckets and the due holds, never with the keyspace. Returns {"bucketsWithDueHolds",
         "holdsReleased", "errors": {bucket: message}, "moving": holds skipped because a layout
-        migration is moving their card}; a bucket that cannot be swept is reported, not fatal.
+        migration is moving their card, "eventsTrimmed": by the event retention}; a bucket that
+        cannot be swept is reported, not fatal.
         """
         with translated_errors():
             seconds, micros = self.redis.time()
@@ -314,7 +329,22 @@ class LedgerStore:
                         break
             except ProviderError as exc:
                 errors[bucket] = exc.message
-        return {"bucketsWithDueHolds": len(due), "holdsReleased": released, "errors": errors, "moving": moving}
+        s = self.settings
+        with translated_errors():
+            trimmed = events.trim(
+                self.redis,
+                self.keys,
+                now_ms=now_ms,
+                max_age_days=s.event_retention_days,
+                max_per_bucket=s.event_retention_max,
+            )
+        return {
+            "bucketsWithDueHolds": len(due),
+            "holdsReleased": released,
+            "errors": errors,
+            "moving": moving,
+            "eventsTrimmed": trimmed,
+        }
 
     # -- money rules applied before the ledger ---------------------------------
 

@@ -193,7 +193,7 @@ def test_show_find_and_transactions(app):
         ("settle", "25.00", "60.00", "15.00"),
         ("release", "5.00", "65.00", "10.00"),
     ]
-    assert [e["seq"] for e in shown["journal"]] == [3, 4]
+    assert [e["seq"] for e in shown["journal"]] == [4, 5]  # seq 1 is the card's "created" event
 
     # Any spelling of the code finds the card.
     found = ok_json(app, "find", code.lower().replace("-", " "), "--entries", "0")
@@ -278,8 +278,17 @@ def test_block_unblock_deactivate_record_a_reason_and_move_no_money(app):
         "29.00",
         "1.00",
     )
-    # Status changes wrote no journal entry: only the settle and the second debit happened since.
-    assert [e["kind"] for e in shown["journal"][len(journal_before) :]] == ["settle", "authorize"]
+    # Status changes moved no money: each is an event of its own (amount 0, balances unchanged), between
+    # the settle and the second debit; a refused or repeated change wrote none.
+    since = shown["journal"][len(journal_before) :]
+    assert [(e["kind"], e["ref"]) for e in since] == [
+        ("status", "blocked"),
+        ("settle", since[1]["ref"]),
+        ("status", "active"),
+        ("authorize", since[3]["ref"]),
+        ("status", "inactive"),
+    ]
+    assert all(e["amountMinor"] == 0 for e in since if e["kind"] == "status")
 
     blank = cli(app, "block", card_id, "--reason", "  ")
     assert blank.exit_code == 2 and "--reason" in blank.output
@@ -299,7 +308,7 @@ def test_verify_names_a_corrupted_card(app):
     assert "verified 2 card(s)" in cli(app, "verify").output
 
     key = store.keys.card(bad)
-    store.redis.hset(key, "available", "900")
+    store.redis.hset(key, "av", "900")
     try:
         result = cli(app, "verify")
         assert result.exit_code == 1
@@ -312,10 +321,10 @@ def test_verify_names_a_corrupted_card(app):
         assert cli(app, "verify", bad).exit_code == 1
         assert cli(app, "verify", good).exit_code == 0
     finally:
-        store.redis.hset(key, "available", "700")
+        store.redis.hset(key, "av", "700")
     assert cli(app, "verify", bad).exit_code == 0
-    unknown = cli(app, "verify", "ffff0000ffff0000")
-    assert unknown.exit_code == 1 and "card ffff0000ffff0000: not found" in unknown.output
+    unknown = cli(app, "verify", "ffff0000ffff0000ffff0000ffff0000")
+    assert unknown.exit_code == 1 and "card ffff0000ffff0000ffff0000ffff0000: not found" in unknown.output
 
 
 def test_export_writes_exact_ndjson(app, tmp_path):
@@ -344,7 +353,7 @@ def test_export_writes_exact_ndjson(app, tmp_path):
     out = tmp_path / "brl.ndjson"
     one = app.test_cli_runner().invoke(args=["cards", "export", brl, "--output", str(out)])
     assert one.exit_code == 0, one.output
-    assert [json.loads(line)["seq"] for line in out.read_text().splitlines()] == [1, 2]
+    assert [json.loads(line)["seq"] for line in out.read_text().splitlines()] == [2, 3]  # 1: "created"
     later = app.test_cli_runner().invoke(args=["cards", "export", "--since", "2999-01-01"])
     assert later.stdout == "" and "exported 0 journal entries from 2 card(s)" in later.stderr
     earlier = app.test_cli_runner().invoke(args=["cards", "export", "--until", "2000-01-01T00:00:00+00:00"])
@@ -375,13 +384,13 @@ def test_expire_holds_releases_only_due_holds(app, short_app):
     time.sleep(0.3)
 
     result = ok_json(short_app, "expire-holds")
-    assert result == {"cardsWithHolds": 2, "holdsReleased": 1, "released": {due: 1}, "errors": {}, "moving": []}
+    assert result == {"bucketsWithDueHolds": 1, "holdsReleased": 1, "errors": {}, "moving": 0, "eventsTrimmed": 0}
     card = ok_json(app, "show", due)
     assert (card["balance"], card["held"], card["journal"][-1]["kind"]) == ("9.00", "0.00", "expire")
     assert ok_json(app, "show", kept)["held"] == "3.00"
     text = cli(short_app, "expire-holds")
     assert text.exit_code == 0
-    assert "released 0 expired hold(s) on 0 card(s) (1 card(s) holding money)" in text.output
+    assert "released 0 expired hold(s) (0 bucket(s) had holds due)" in text.output
 
 
 def test_sweep_releases_holds_until_sigterm(short_app):
@@ -405,7 +414,7 @@ def test_sweep_releases_holds_until_sigterm(short_app):
         timer.join()
         restored = signal.signal(signal.SIGTERM, previous)
     assert result.exit_code == 0, result.output
-    assert "sweep: released 1 expired hold(s) on 1 card(s)" in result.output
+    assert "sweep: released 1 expired hold(s)" in result.output
     assert re.search(r"sweep: stopped after \d+ pass\(es\) on SIGTERM", result.output)
     assert elapsed < 5
     assert restored is absorb and signal.getsignal(signal.SIGINT) is sigint  # handlers given back
@@ -529,8 +538,8 @@ def test_libraries_lists_and_prunes_other_releases(app):
 
 def test_verify_reports_a_card_record_damaged_beyond_reading(app):
     card = issue(app)["card"]
-    store_of(app).redis.hdel(store_of(app).keys.card(card["id"]), "currency", "emissionMs")
+    store_of(app).redis.hdel(store_of(app).keys.card(card["id"]), "cur", "from")
     result = cli(app, "verify", card["id"])
     assert result.exit_code == 1
     assert f"card {card['id']}: unreadable record (KeyError" in result.output
-    store_of(app).redis.hset(store_of(app).keys.card(card["id"]), mapping={"currency": "USD", "emissionMs": "0"})
+    store_of(app).redis.hset(store_of(app).keys.card(card["id"]), mapping={"cur": "USD", "from": "0"})
