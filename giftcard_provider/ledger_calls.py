@@ -112,17 +112,21 @@ class LedgerCalls:
         marked it first wins). (A later migration that finishes after this check is met by card
         creation, which reads the marker again, and by ledger.lua's refusal of marked cards.)"""
         with translated_errors():
-            layout = client.get(self.layout_key)
-            if layout is None and not v1_card_present(client, self.v1_card_pattern):
-                client.set(self.layout_key, LAYOUT, nx=True)
-                layout = client.get(self.layout_key)
-        refusal = layout_refusal(layout)
+            refusal = self.refusal(client, client.get(self.layout_key))
         if refusal is not None:
             if not self._layout_logged:  # every request is refused alike: say it once per process
                 log.error("Redis holds a ledger of layout %r; this release serves layout %s", layout, LAYOUT)
                 self._layout_logged = True
             raise refusal
         self._layout_checked = True
+
+    def refusal(self, client, layout: str | None) -> StoreUnavailable | None:
+        """layout_refusal, except that a store with no marker and no v1 card (new, or flushed) is
+        marked v2 first (SET NX: a migration that marked it first wins)."""
+        if layout is None and not v1_card_present(client, self.v1_card_pattern):
+            client.set(self.layout_key, LAYOUT, nx=True)
+            layout = client.get(self.layout_key)
+        return layout_refusal(layout)
 
     @property
     def cluster(self) -> bool:

@@ -173,7 +173,10 @@ class LedgerStore:
         """
         owner_key, member = self.keys.owner_index(profile_id), owner_member(profile_id, card_id)
         _, layout = self._pipeline(lambda pipe: (pipe.zadd(owner_key, {member: 0}), pipe.get(self.calls.layout_key)))
-        refusal = layout_refusal(layout)
+        if layout_refusal(layout) is None:
+            return
+        with translated_errors():
+            refusal = self.calls.refusal(self.redis, layout)  # no marker: a flushed store is marked again
         if refusal is None:
             return
         self._pipeline(lambda pipe: pipe.zrem(owner_key, member))  # the index goes before the card it names
