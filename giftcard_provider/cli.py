@@ -810,12 +810,21 @@ def migrate(clean, as_json):
     """
     from . import migration
 
+    lines = {
+        "layout": "layout marker: {note}",
+        "imported": "{done} card(s) moved",  # every 100 cards
+        "skipped": "{done} card(s) moved",
+        "failed": "card {card_id} not moved: {note}",
+        "indexes": "v1 indexes copied: {note}",
+        "rescan": "rescanning for cards v1 created meanwhile",
+        "verify": "verifying",
+        "cleanup": "{note}",
+    }
+
     def progress(event: migration.Progress) -> None:
-        if event.phase == "taken" or (event.phase in ("imported", "skipped") and event.done % 100):
-            return  # one line per 100 cards
-        what = f" {event.card_id}" if event.card_id else ""
-        click.echo(f"migrate: {event.phase}{what} ({event.done} card(s) done){' ' + event.note if event.note else ''}",
-                   err=as_json)  # fmt: skip
+        moved = event.phase in ("imported", "skipped")
+        if event.phase in lines and not (moved and event.done % 100) and (as_json or event.phase != "cleanup"):
+            click.echo(f"migrate: {lines[event.phase].format(**event.__dict__)}", err=as_json)
 
     store = _store()
     report = (migration.cleanup if clean else migration.migrate)(store, progress=progress)

@@ -196,7 +196,7 @@ class V1Card:
             "authorized": sum(tx.value for tx, _ in debits),
             "settled": sum(tx.settled for tx, _ in debits),
             "released": sum(tx.released for tx, _ in debits),  # expired holds included
-            "expired": sum(r.minor for _, records in debits for r in records if r.kind == "c" and r.reason == "expired"),
+            "expired": sum(r.minor for _, records in debits for r in records if (r.kind, r.reason) == ("c", "expired")),
             "refunded": sum(tx.refunded for tx, _ in debits),
             "available": self.card.available,
             "held": self.card.held,
@@ -356,7 +356,7 @@ class _Run:
             digests = [(key, self.v1.code_digest_in(key)) for key in chunk]
             report.skipped_entries += [f"{key}: not a v1 code index key" for key, d in digests if d is None]
             digests = [(key, d) for key, d in digests if d]
-            named = self._read(lambda pipe: [pipe.get(key) for key, _ in digests])
+            named = self._read(lambda pipe, digests=digests: [pipe.get(key) for key, _ in digests])
             present = self._v2_owners(named)
             pipe = self.client.pipeline(transaction=False)
             for (key, digest), card_id in zip(digests, named, strict=True):
@@ -369,13 +369,14 @@ class _Run:
             pipe.execute()
         for chunk in self.chunks(self.v1.owner_index_pattern()):
             profiles = [(key, self.v1.owner_in(key)) for key in chunk]
-            members = self._read(lambda pipe: [pipe.smembers(key) for key, _ in profiles])
+            members = self._read(lambda pipe, profiles=profiles: [pipe.smembers(key) for key, _ in profiles])
             owners = self._v2_owners([cid for ids in members for cid in ids])
             pipe = self.client.pipeline(transaction=False)
             for (key, profile), ids in zip(profiles, members, strict=True):
                 for card_id in sorted(ids):
                     if owners.get(card_id) != profile:
-                        report.skipped_entries.append(f"{key}: names card {card_id}, which is not a migrated card of that owner")
+                        entry = f"{key}: names card {card_id}, which is not a migrated card of that owner"
+                        report.skipped_entries.append(entry)
                         continue
                     pipe.zadd(self.keys.owner_index(profile), {owner_member(profile, card_id): 0})
                     report.owner_entries += 1

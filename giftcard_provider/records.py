@@ -247,9 +247,7 @@ class Operation:
         return f"{self.kind}|{self.oid}|{self.minor}|{self.date_ms}|{self.reason}"
 
 
-def ledger_fields(
-    transactions: list[tuple[Transaction, list[Operation]]], requests: dict[str, str]
-) -> dict[str, str]:
+def ledger_fields(transactions: list[tuple[Transaction, list[Operation]]], requests: dict[str, str]) -> dict[str, str]:
     """A card's transaction fields, as ledger.lua writes them one by one (keys.py): x:<n>, t:, q:, n:,
     d: per transaction (in list order, with its settlement and cancellation records in the order
     they happened), o: and p: per record, r: per requestId ("txId|operation|minor"). The migration
