@@ -94,7 +94,7 @@ def _v1_record(kind: str, packed: str) -> Operation:
     return Operation(oid, int(minor), int(date_ms), request_id, reason, kind)
 
 
-def _v1_transaction(card_id: str, tx_id: str, fields: dict[str, str], records: list[Operation]) -> Transaction:
+def _v1_transaction(tx_id: str, fields: dict[str, str], records: list[Operation]) -> Transaction:
     if not fields:
         raise ValueError(f"transaction {tx_id} is listed but has no record")
     common = dict(
@@ -146,7 +146,7 @@ class V1Card:
                     key=lambda r: r.date_ms,
                 )
             )
-            transactions.append((_v1_transaction(card_id, tx_id, _pairs(flat_tx), records), records))
+            transactions.append((_v1_transaction(tx_id, _pairs(flat_tx), records), records))
         holding = tuple(tx.id for tx, _ in transactions if tx.debit and tx.held > 0)
         status_changed = f.get("statusChangedMs", "")
         card = Card(
