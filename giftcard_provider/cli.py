@@ -916,3 +916,59 @@ def sweep(every, passes):
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+# -- layout migration ---------------------------------------------------------
+
+
+@cards.command("migrate")
+@click.option("--cleanup", "clean", is_flag=True, help="Delete the v1 keys a finished migration left behind.")
+@json_option
+def migrate(clean, as_json):
+    """Move a v1 store to layout v2: the Procfile's release phase (docs/ledger-v2.md, "Migration").
+
+    Safe while v1 processes serve (each card is marked before it is copied, and v1 refuses writes to
+    marked cards) and safe to repeat: a killed run resumes where it stopped, and on a migrated store
+    it moves nothing and verifies. Exit 1 if a card could not be moved or verify finds a problem.
+    With --cleanup (once no v1 process is left): delete the moved v1 cards and the v1 indexes.
+    """
+    from . import migration
+
+    lines = {
+        "layout": "layout marker: {note}",
+        "imported": "{done} card(s) moved",  # every 100 cards
+        "skipped": "{done} card(s) moved",
+        "failed": "card {card_id} not moved: {note}",
+        "indexes": "v1 indexes copied: {note}",
+        "rescan": "rescanning for cards v1 created meanwhile",
+        "verify": "verifying",
+        "cleanup": "{note}",
+    }
+
+    def progress(event: migration.Progress) -> None:
+        moved = event.phase in ("imported", "skipped")
+        if event.phase in lines and not (moved and event.done % 100) and (as_json or event.phase != "cleanup"):
+            click.echo(f"migrate: {lines[event.phase].format(**event.__dict__)}", err=as_json)
+
+    store = _store()
+    report = (migration.cleanup if clean else migration.migrate)(store, progress=progress)
+    if as_json:
+        _emit(report.as_dict())
+    elif clean:
+        click.echo(f"cleanup: deleted {report.cards} v1 card(s), {report.keys} key(s) in all "
+                   f"({report.code_keys} code and {report.owner_keys} owner index keys)")  # fmt: skip
+        if report.kept:
+            click.echo(f"cleanup: kept {len(report.kept)} v1 card(s) not moved yet and the v1 indexes: "
+                       "run `flask cards migrate` first", err=True)  # fmt: skip
+    else:
+        for card_id, why in report.failed.items():
+            click.echo(f"card {card_id}: {why}", err=True)
+        for entry in report.skipped_entries:
+            click.echo(f"not copied: {entry}", err=True)
+        for problem in report.verify.problems if report.verify else []:
+            click.echo(problem, err=True)
+        click.echo(f"migrate: layout {report.layout_before or 'v1'} -> {report.layout_after}: {report.cards} v1 "
+                   f"card(s), {report.imported} moved now, {report.already} moved before; "
+                   f"{report.code_entries} code and {report.owner_entries} owner index entries copied")  # fmt: skip
+    if not report.ok:
+        click.get_current_context().exit(1)

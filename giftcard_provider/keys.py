@@ -180,6 +180,23 @@ class V1Keys:
     def journal(self, card_id: str) -> str:
         return f"{self.prefix}:{{{card_id}}}:journal"
 
+    def transaction(self, card_id: str, tx_id: str) -> str:
+        # ledger.lua's gc_v1_take derives this same name (and the three below) from card().
+        return f"{self.prefix}:{{{card_id}}}:tx:{tx_id}"
+
+    def transaction_keys(self, card_id: str, tx_id: str) -> list[str]:
+        """A transaction's hash, its settlements and cancellations lists and its operation requestIds."""
+        tx = self.transaction(card_id, tx_id)
+        return [tx, f"{tx}:settlements", f"{tx}:cancellations", f"{tx}:requests"]
+
+    def code_index(self, code_digest: str) -> str:
+        """A code's index entry, a string key: card id, by the 64-hex HMAC-SHA256 of the code."""
+        return f"{self.prefix}:code:{code_digest}"
+
+    def owner_index(self, profile_id: str) -> str:
+        """A profile's cards: a set of card ids."""
+        return f"{self.prefix}:owner:{profile_id}"
+
     def ledger_keys(self, card_id: str) -> list[str]:
         """What gc_v1_take reads: card, transaction ids, requests, journal, holds."""
         c = card_id
@@ -189,13 +206,30 @@ class V1Keys:
         return f"{self.prefix}:{{*}}:card"
 
     def code_index_pattern(self) -> str:
-        return f"{self.prefix}:code:*"
+        return self.code_index("*")
 
     def owner_index_pattern(self) -> str:
-        return f"{self.prefix}:owner:*"
+        return self.owner_index("*")
 
     def card_id_in(self, key: str) -> str | None:
         """The card id of a v1 per-card key found by SCAN ("gc:{C}:card" -> "C"), or None."""
         head = f"{self.prefix}:{{"
         card_id = key[len(head) : key.find("}", len(head))] if key.startswith(head) else ""
         return card_id if is_valid_id(card_id) else None
+
+    def card_of(self, key: str) -> str | None:
+        """The card id of a v1 card hash found by SCAN of all_cards_pattern(), or None for any other key
+        (the pattern's * also matches ids a v1 card never had)."""
+        card_id = self.card_id_in(key)
+        return card_id if card_id and key == self.card(card_id) else None
+
+    def code_digest_in(self, key: str) -> str | None:
+        """The code digest (64 hex) of a v1 code index key found by SCAN, or None."""
+        head = self.code_index("")
+        digest = key[len(head) :] if key.startswith(head) else ""
+        return digest if re.fullmatch(r"[0-9a-f]{64}", digest) else None
+
+    def owner_in(self, key: str) -> str | None:
+        """The profile id of a v1 owner index key found by SCAN, or None."""
+        head = self.owner_index("")
+        return key[len(head) :] if key.startswith(head) else None

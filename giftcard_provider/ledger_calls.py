@@ -93,6 +93,17 @@ class LedgerCalls:
 
     @property
     def redis(self) -> redis.Redis | RedisCluster:
+        """The client, once the store's layout is one this release serves (else a 503)."""
+        client = self.raw
+        if not self._layout_checked:
+            self._check_layout(client)
+        return client
+
+    @property
+    def raw(self) -> redis.Redis | RedisCluster:
+        """The client without the layout check: for `flask cards migrate` (migration.py) only, which
+        reads and writes a store this release does not serve yet (v1, or half-migrated). Every other
+        caller goes through `redis`."""
         if self._client is None:
             with self._connecting, translated_errors():
                 if self._client is None:
@@ -102,8 +113,6 @@ class LedgerCalls:
                         # No node answered, or the node is not in cluster mode: say which, once per try.
                         log.error("cannot reach a Redis Cluster at REDIS_URL (REDIS_CLUSTER=1): %s", exc)
                         raise redis.ConnectionError(str(exc)) from exc
-        if not self._layout_checked:
-            self._check_layout(self._client)
         return self._client
 
     def _check_layout(self, client) -> None:

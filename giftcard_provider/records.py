@@ -93,6 +93,27 @@ class Card:
             moving=fields.get("mv", "") != "",
         )
 
+    def to_hash(self) -> dict[str, str]:
+        """The card's own fields as stored (from_hash's inverse; the migration writes them: gc_import_card).
+        Its transactions' fields are `ledger_fields`'."""
+        fields = {
+            "cur": self.currency, "exp": str(self.exponent), "av": str(self.available), "hd": str(self.held),
+            "st": self.status, "own": self.profile_id, "rel": self.relation_name,
+            "cap": self.caption, "ro": _flag(self.restricted_to_owner), "mr": _flag(self.multiple_redemptions),
+            "mc": _flag(self.multiple_credits), "at": str(self.created_ms), "from": str(self.emission_ms),
+            "to": str(self.expiring_ms), "l4": self.code_last4, "tk": self.token, "lim": str(self.balance_limit),
+            "seq": str(self.seq), "od": str(self.open_debits), "cr": str(self.credits), "ntx": str(self.transactions),
+        }  # fmt: skip
+        if self.status_reason:
+            fields["sr"] = self.status_reason
+        if self.status_changed_ms is not None:
+            fields["sc"] = str(self.status_changed_ms)
+        if self.holding:
+            fields["ho"] = " ".join(self.holding)
+        if self.moving:
+            fields["mv"] = "1"
+        return fields
+
     @property
     def balance(self) -> int:
         """Available now: what is stored as available plus the holds past their deadline."""
@@ -122,6 +143,10 @@ class Card:
     def visible_to(self, identities: set[str]) -> bool:
         """A restricted card shows only to its owner (identities normalised: identity.py)."""
         return not self.restricted_to_owner or self.profile_id in identities
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
 
 
 def card_fields(
@@ -192,6 +217,13 @@ class Transaction:
             return cls(operation="Credit", settled=settled, cancelled=cancelled, records=records, **common)
         return None
 
+    def pack(self) -> str:
+        """The t:<tx> field (unpack's inverse; ledger.lua's write_tx packs the same)."""
+        if self.debit:
+            counters = (self.hold_deadline_ms or 0, self.held, self.settled, self.released, self.refunded)
+            return "|".join(map(str, ("D", self.value, self.date_ms, *counters, self.records)))
+        return "|".join(map(str, ("C", self.value, self.date_ms, self.settled, self.cancelled, self.records)))
+
 
 @dataclass(frozen=True)
 class Operation:
@@ -209,6 +241,30 @@ class Operation:
         """An o:<tx>:<k> field "kind|oid|minor|dateMs|reason" and its requestId -> the record."""
         kind, oid, minor, date_ms, reason = packed.split("|", 4)
         return cls(oid, int(minor), int(date_ms), request_id, reason, kind)
+
+    def pack(self) -> str:
+        """The o:<tx>:<k> field (unpack's inverse); the requestId goes in p:<tx>:<k>."""
+        return f"{self.kind}|{self.oid}|{self.minor}|{self.date_ms}|{self.reason}"
+
+
+def ledger_fields(transactions: list[tuple[Transaction, list[Operation]]], requests: dict[str, str]) -> dict[str, str]:
+    """A card's transaction fields, as ledger.lua writes them one by one (keys.py): x:<n>, t:, q:, n:,
+    d: per transaction (in list order, with its settlement and cancellation records in the order
+    they happened), o: and p: per record, r: per requestId ("txId|operation|minor"). The migration
+    writes them with the card's own fields (Card.to_hash) in one call (gc_import_card)."""
+    fields: dict[str, str] = {}
+    for n, (tx, records) in enumerate(transactions, start=1):
+        fields[f"x:{n}"] = tx.id
+        fields[f"t:{tx.id}"] = tx.pack()
+        for prefix, value in (("q", tx.request_id), ("n", tx.order_id), ("d", tx.description)):
+            if value:
+                fields[f"{prefix}:{tx.id}"] = value
+        for k, record in enumerate(records, start=1):
+            fields[f"o:{tx.id}:{k}"] = record.pack()
+            if record.request_id:
+                fields[f"p:{tx.id}:{k}"] = record.request_id
+    fields.update({f"r:{request_id}": made for request_id, made in requests.items()})
+    return fields
 
 
 # What each event type does to a card's (available, held), per unit of its amount (verify.py).

@@ -190,8 +190,13 @@ def load_store_v1(client: redis.Redis, path: Path = FIXTURE) -> dict:
     if next(iter(client.scan_iter(count=1000)), None) is not None:  # SCAN: on a cluster, every primary
         raise RuntimeError("load_store_v1 needs an empty Redis: this one has keys")
     fixture = read_fixture(path)
+    write_keys(client, fixture["keys"])
+    return fixture["metadata"]
+
+
+def write_keys(client: redis.Redis, rows: list[dict]) -> None:
+    """Write rows of the fixture's "keys" (a test writes some of them late, as a v1 process would)."""
     pipe = client.pipeline(transaction=False)  # on a cluster, single-key commands sent to each key's node
-    for row in fixture["keys"]:
+    for row in rows:
         _write(pipe, row)
     pipe.execute()
-    return fixture["metadata"]

@@ -498,8 +498,13 @@ def test_app_json_describes_every_setting_and_starts_in_production():
 
 def test_procfile_processes_and_python_version(app):
     processes = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
-    assert set(processes) == {"web", "clock"}
+    assert set(processes) == {"release", "web", "clock"}
     assert processes["web"].startswith("gunicorn -c gunicorn.conf.py wsgi:app")
+    release = processes["release"].split()  # migrates the store's layout before a release serves
+    assert release == ["flask", "--app", "wsgi", "cards", "migrate"]
+    result = app.test_cli_runner().invoke(args=release[3:])
+    assert result.exit_code == 0, result.output
+    assert "migrate: layout v1 -> v2: 0 v1 card(s)" in result.output  # a new store: no marker, no card
     clock = processes["clock"].split()
     assert clock[:4] == ["flask", "--app", "wsgi", "cards"]
     result = app.test_cli_runner().invoke(args=[*clock[3:], "--passes", "1"])
