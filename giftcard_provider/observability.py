@@ -213,7 +213,7 @@ class BooksCollector:
         from prometheus_client.core import GaugeMetricFamily
 
         try:
-            books = self.store.books()
+            books = self.store.books_for_metrics()
         except Exception as exc:  # a scrape must answer: the ledger gauges are simply absent this time
             redis_error("metrics", exc)
             return

@@ -81,8 +81,9 @@ def codes(responses) -> Counter:
 
 
 def tx_fields(store, card_id: str, tx_id: str) -> dict[str, int]:
-    fields = store.redis.hgetall(store.keys.transaction(card_id, tx_id))
-    return {k: int(fields[k]) for k in ("value", "held", "settled", "released", "refunded")}
+    """The transaction's counters as stored in Redis (its packed t:<tx> field of the card hash)."""
+    tx, _ = store.transaction(card_id, tx_id)
+    return {k: getattr(tx, k) for k in ("value", "held", "settled", "released", "refunded")}
 
 
 def records(hub: Hub, card_id: str, tx_id: str, kind: str) -> list[dict]:

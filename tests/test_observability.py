@@ -206,7 +206,7 @@ def test_metrics_count_redis_outages():
     client = create_app(make_settings(), redis_client=dead).test_client()
     broken = Hub(client, {"X-PROVIDER-API-AppKey": APP_KEY, "X-PROVIDER-API-AppToken": APP_TOKEN})
     before = samples(client)  # /metrics itself needs no Redis
-    response = broken.get("/giftcards/0123456789abcdef")
+    response = broken.get("/giftcards/0123456789abcdef0123456789abcdef")
     assert (response.status_code, response.json["code"]) == (503, "store_unavailable")
     after = samples(client)
     errors = "giftcard_redis_errors_total"
@@ -216,7 +216,7 @@ def test_metrics_count_redis_outages():
 
     with pytest.MonkeyPatch.context() as patched:  # a failing counter leaves the 503 a 503
         patched.setattr(observability.REDIS_ERRORS, "labels", _explode)
-        assert broken.get("/giftcards/0123456789abcdef").status_code == 503
+        assert broken.get("/giftcards/0123456789abcdef0123456789abcdef").status_code == 503
     assert delta(after, samples(client), "giftcard_observability_errors_total", hook="redis_error") == 1
 
 
