@@ -158,6 +158,11 @@ def owner_member(profile_id: str, card_id: str) -> str:
     return f"{profile_id}|{card_id}"
 
 
+def hold_member(card_id: str, tx_id: str) -> str:
+    """A bucket's holds entry (ledger.lua writes the same); card ids hold no ":", so the first one splits it."""
+    return f"{card_id}:{tx_id}"
+
+
 @dataclass(frozen=True)
 class V1Keys:
     """The v1 layout, read by the migration only: every key of a card under its own hash tag

@@ -10,6 +10,7 @@ from giftcard_provider import create_app
 
 from .conftest import make_settings
 from .hub import Hub, body
+from .ledger_edit import card_hash
 from .snapshot import assert_rejected, snapshot
 
 CODE = re.compile(r"^[ABCDEFGHJKMNPQRSTVWXYZ23456789]{4}(-[ABCDEFGHJKMNPQRSTVWXYZ23456789]{4}){4}$")
@@ -266,12 +267,12 @@ def test_a_card_is_written_before_its_indexes(backend, store, hub, monkeypatch):
     def fail(*args):
         raise StoreUnavailable("the ledger store is unavailable (ConnectionError)")
 
-    monkeypatch.setattr(store, "_index_card", fail)
+    monkeypatch.setattr(store, "_index_owner", fail)  # the code index is written with the card (keys.py)
     response = hub.post("/giftcards", {"relationName": "r", "caption": "c", "profileId": "shopper@example.com"})
     assert (response.status_code, response.json["code"]) == (503, "store_unavailable")
     monkeypatch.undo()
     [orphan] = unreachable_cards(backend, store.keys)
-    assert backend.hget(store.keys.card(orphan), "available") == "0"
+    assert card_hash(store, orphan)["av"] == "0"
     assert verify_all(backend, store.keys) == (1, [])  # garbage, not a ledger problem
     assert store.cards_of({"shopper@example.com"}) == []
 
@@ -292,18 +293,23 @@ def test_a_taken_code_is_never_shared(backend, store, hub, monkeypatch):
 
 
 def test_verify_reports_an_index_entry_that_names_no_card(backend, store, hub):
+    from giftcard_provider.keys import owner_member
     from giftcard_provider.verify import verify_all
 
     card = hub.create_card()
-    backend.set(store.keys.code_index("f" * 64), "0" * 32)
-    backend.sadd(store.keys.owner_index("shopper@example.com"), "1" * 32)
+    stray_digest, owner = "f" * 32, "shopper@example.com"
+    backend.hset(store.keys.code_index(stray_digest), stray_digest, "0" * 32)
+    backend.zadd(store.keys.owner_index(owner), {owner_member(owner, "1" * 32): 0})
     checked, problems = verify_all(backend, store.keys)
     assert checked == 1 and len(problems) == 2, problems
     assert all("names card" in p for p in problems)
-    backend.delete(store.keys.code_index("f" * 64))
-    backend.srem(store.keys.owner_index("shopper@example.com"), "1" * 32)
-    backend.delete(store.keys.code_index(backend.hget(store.keys.card(card["id"]), "codeDigest")))
-    assert verify_all(backend, store.keys)[1] == []  # never used: unreachable, not a problem
+    backend.hdel(store.keys.code_index(stray_digest), stray_digest)
+    backend.zrem(store.keys.owner_index(owner), owner_member(owner, "1" * 32))
+    assert verify_all(backend, store.keys)[1] == []
+    digest = store.hasher.digest(card["redemptionCode"])
+    assert backend.hdel(store.keys.code_index(digest), digest) == 1
+    # v2 writes the code entry in the same call as the card, so even a card never used is reported.
+    assert verify_all(backend, store.keys)[1] == [f"card {card['id']}: missing from the code index"]
     hub.credit(card["id"], 5)
     assert verify_all(backend, store.keys)[1] == [f"card {card['id']}: missing from the code index"]
-    backend.set(store.keys.code_index(backend.hget(store.keys.card(card["id"]), "codeDigest")), card["id"])
+    backend.hset(store.keys.code_index(digest), digest, card["id"])

@@ -11,6 +11,15 @@ from giftcard_provider import create_app
 
 from .conftest import APP_KEY, APP_TOKEN, make_settings
 from .hub import Hub, body
+from .ledger_edit import (
+    hold_deadline,
+    holds_of,
+    make_due,
+    operation_records,
+    set_hold_deadlines,
+    set_hold_entry,
+    stored_transaction,
+)
 from .snapshot import assert_rejected
 
 LIFETIME = 0.2  # seconds
@@ -52,17 +61,11 @@ def test_expired_hold_returns_to_the_card(short):
     assert record["value"] == 4
     assert record["oid"] and record["oid"] != tx
     assert ok(hub.get(f"/giftcards/{card['id']}/transactions/{tx}/settlements")) == []
-    [raw] = store.redis.lrange(store.keys.cancellations(card["id"], tx), 0, -1)
-    assert raw.endswith("|expired")
-    assert store.redis.zcard(store.keys.holds(card["id"])) == 0
+    [raw] = operation_records(store, card["id"], tx)  # the refused settlement wrote the release
+    assert (raw.kind, raw.minor, raw.reason) == ("c", 400, "expired")
+    assert holds_of(store, card["id"]) == {}
     hub.debit(card["id"], Decimal("10"))  # the released money can be spent again
     assert hub.balance(card["id"]) == 0
-
-
-def make_due(store, card_id: str, tx: str) -> None:
-    """Move a hold's deadline into the past (as if its lifetime had run out), without waiting."""
-    assert store.redis.zadd(store.keys.holds(card_id), {tx: 1}, xx=True, ch=True) == 1
-    store.redis.hset(store.keys.transaction(card_id, tx), "holdDeadlineMs", 1)
 
 
 def test_expiry_releases_only_what_is_still_held(hub, store):
@@ -152,11 +155,7 @@ def age_holds(store, card_id: str, txs: list[str]) -> None:
     """Move the holds' deadlines into the past, in order (as if their lifetime had passed), all at once,
     so that no money call in between has released any of them."""
     base = time.time_ns() // 1_000_000 - 10_000
-    pipe = store.redis.pipeline(transaction=False)
-    for i, tx in enumerate(txs):
-        pipe.hset(store.keys.transaction(card_id, tx), "holdDeadlineMs", base + i)
-        pipe.zadd(store.keys.holds(card_id), {tx: base + i})
-    pipe.execute()
+    set_hold_deadlines(store, card_id, {tx: base + i for i, tx in enumerate(txs)})
 
 
 def test_a_due_hold_is_never_settleable_however_many_others_are_due(hub, store):
@@ -170,7 +169,7 @@ def test_a_due_hold_is_never_settleable_however_many_others_are_due(hub, store):
     assert hub.balance(card["id"]) == 300
     refused = hub.settle(card["id"], last, Decimal("1"))  # releasing due holds is a change in its own right
     assert (refused.status_code, body(refused)["code"]) == (422, "exceeds_settleable")
-    assert store.redis.zcard(store.keys.holds(card["id"])) == 0  # the refusal above released them all
+    assert holds_of(store, card["id"]) == {}  # the refusal above released them all
     assert hub.balance(card["id"]) == 300
 
 
@@ -198,8 +197,28 @@ def test_a_due_entry_whose_transaction_disagrees_never_stalls_the_sweeper(hub, s
     deadline, nothing is released, and the sweeper's loop ends."""
     card = hub.funded_card(Decimal("10"), currencyCode="BRL")
     tx = hub.debit(card["id"], Decimal("4"))
-    store.redis.zadd(store.keys.holds(card["id"]), {tx: 1})
-    assert store.expire_holds(card["id"]) == 0
-    deadline = int(store.redis.hget(store.keys.transaction(card["id"], tx), "holdDeadlineMs"))
-    assert store.redis.zscore(store.keys.holds(card["id"]), tx) == deadline
+    set_hold_entry(store, card["id"], tx, 1)
+    assert store.expire_holds(card["id"]) == 0  # the card's own pass goes by its records, not the entry
+    swept = store.expire_all_holds()
+    assert swept == {"bucketsWithDueHolds": 1, "holdsReleased": 0, "errors": {}, "moving": 0}
+    assert hold_deadline(store, card["id"], tx) == stored_transaction(store, card["id"], tx).hold_deadline_ms
+    assert store.expire_all_holds()["bucketsWithDueHolds"] == 0
     assert hub.balance(card["id"]) == 6
+
+
+def test_the_bucket_sweeper_releases_every_due_hold_in_batches(hub, store):
+    """More due holds in one bucket than one sweeper call takes (store.SWEEP_BATCH): the pass goes on
+    until none is left, leaves the young hold alone, and a second pass finds nothing to do."""
+    from giftcard_provider.store import SWEEP_BATCH
+
+    card = hub.funded_card(Decimal("300"), currencyCode="BRL")
+    txs = [hub.debit(card["id"], Decimal("1")) for _ in range(SWEEP_BATCH + 50)]
+    young = hub.debit(card["id"], Decimal("1"))
+    age_holds(store, card["id"], txs)
+    swept = store.expire_all_holds()
+    assert swept == {"bucketsWithDueHolds": 1, "holdsReleased": len(txs), "errors": {}, "moving": 0}
+    assert list(holds_of(store, card["id"])) == [young]
+    assert store.expire_all_holds() == {"bucketsWithDueHolds": 0, "holdsReleased": 0, "errors": {}, "moving": 0}
+    assert [r["value"] for r in cancellations(hub, card["id"], txs[0])] == [1]
+    assert hub.balance(card["id"]) == 299
+    ok(hub.settle(card["id"], young, Decimal("1")))

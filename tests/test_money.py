@@ -10,6 +10,7 @@ from giftcard_provider import create_app
 
 from .conftest import APP_KEY, APP_TOKEN, make_settings
 from .hub import Hub, body, request_id
+from .ledger_edit import card_hash, raw_transaction, stored_transaction
 from .snapshot import assert_rejected
 
 ENDPOINTS = ["transactions", "settlements", "cancellations"]
@@ -218,6 +219,7 @@ def test_operation_values_render_exactly(hub):
 def test_redis_stores_integer_minor_units(hub, store):
     card = hub.funded_card(Decimal("12.34"), currencyCode="BRL")
     tx = hub.debit(card["id"], Decimal("0.5"))
-    fields = store.redis.hgetall(store.keys.card(card["id"]))
-    assert (fields["available"], fields["held"]) == ("1184", "50")
-    assert store.redis.hget(store.keys.transaction(card["id"], tx), "value") == "50"
+    fields = card_hash(store, card["id"])
+    assert (fields["av"], fields["hd"]) == ("1184", "50")
+    assert raw_transaction(store, card["id"], tx).split("|")[:2] == ["D", "50"]
+    assert stored_transaction(store, card["id"], tx).value == 50

@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 
 from .hub import body, request_id
+from .ledger_edit import edit_card
 from .snapshot import assert_rejected, unchanged
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -298,10 +299,10 @@ def test_unknown_fields_are_ignored(hub, held, kind):
 def test_settle_and_cancel_still_work_when_the_card_cannot_take_new_transactions(hub, store, held):
     card, tx = held
     other = hub.debit(card, 20)
-    store.redis.hset(store.keys.card(card), "status", "blocked")
+    edit_card(store, card, status="blocked")
     ok(hub.settle(card, tx, 4))
     ok(hub.cancel(card, tx, 10))  # releases 6, refunds 4
-    store.redis.hset(store.keys.card(card), mapping={"status": "active", "expiringMs": "1"})
+    edit_card(store, card, status="active", expiring_ms=1)
     ok(hub.settle(card, other, 5))
     ok(hub.cancel(card, other, 20))  # releases 15, refunds 5
     assert hub.balance(card) == 100

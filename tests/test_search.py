@@ -6,6 +6,7 @@ import time
 from decimal import Decimal
 
 from .hub import body
+from .ledger_edit import edit_card
 from .snapshot import assert_rejected
 
 SHOPPER = {"id": "shopper-1", "email": "shopper@example.com", "document": "1"}
@@ -119,33 +120,29 @@ def test_balance_is_what_is_available(hub):
     assert found["balance"] == Decimal("66.67")
 
 
-def set_field(store, card_id: str, field: str, value) -> None:
-    store.redis.hset(store.keys.card(card_id), field, value)
-
-
 def test_expired_card_is_not_offered(hub, store):
     card = hub.funded_card(10)
-    set_field(store, card["id"], "expiringMs", now_ms() - 1000)
+    edit_card(store, card["id"], expiring_ms=now_ms() - 1000)
     assert results(search(hub, card["redemptionCode"])) == []
     assert results(search(hub, client={"id": "shopper-1", "email": "shopper@example.com"})) == []
 
 
 def test_not_yet_valid_card_is_not_offered(hub, store):
     card = hub.funded_card(10)
-    set_field(store, card["id"], "emissionMs", now_ms() + 3_600_000)
+    edit_card(store, card["id"], emission_ms=now_ms() + 3_600_000)
     assert results(search(hub, card["redemptionCode"])) == []
     assert results(search(hub, client=SHOPPER)) == []
-    set_field(store, card["id"], "emissionMs", now_ms() - 1000)
+    edit_card(store, card["id"], emission_ms=now_ms() - 1000)
     assert ids(search(hub, card["redemptionCode"])) == [card["id"]]
 
 
 def test_blocked_card_is_not_offered(hub, store):
     card = hub.funded_card(10, profileId="shopper-1")
     for status in ("blocked", "inactive"):
-        set_field(store, card["id"], "status", status)
+        edit_card(store, card["id"], status=status)
         assert results(search(hub, card["redemptionCode"])) == []
         assert results(search(hub, client=SHOPPER)) == []
-        set_field(store, card["id"], "status", "active")
+        edit_card(store, card["id"], status="active")
         assert ids(search(hub, card["redemptionCode"])) == [card["id"]]
 
 

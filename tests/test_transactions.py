@@ -7,6 +7,7 @@ import time
 from decimal import Decimal
 
 from .hub import body, request_id
+from .ledger_edit import edit_card, raw_transaction, write_raw_transaction
 from .snapshot import assert_rejected, unchanged
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -14,10 +15,6 @@ ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def set_field(store, card_id: str, field: str, value) -> None:
-    store.redis.hset(store.keys.card(card_id), field, value)
 
 
 def ok(response) -> dict:
@@ -38,7 +35,7 @@ def test_credit_loads_the_card(hub):
     answer = ok(response)
     assert set(answer) == {"cardId", "id", "_self"}
     assert answer["cardId"] == card["id"]
-    assert re.fullmatch(r"[0-9a-f]{32}", answer["id"])
+    assert re.fullmatch(r"[0-9a-f]{16}", answer["id"])  # unique within its card (keys.py)
     assert answer["_self"] == {"href": f"/giftcards/{card['id']}/transactions/{answer['id']}"}
     assert hub.balance(card["id"]) == Decimal("12.34")
     hub.credit(card["id"], Decimal("0.66"))
@@ -79,8 +76,7 @@ def test_replay_succeeds_even_when_a_new_request_would_be_refused(hub, store):
     card = hub.funded_card(Decimal("10"), multipleRedemptions=False)
     rid = request_id()
     first = ok(hub.transaction(card["id"], "Debit", 10, rid))
-    set_field(store, card["id"], "status", "blocked")
-    set_field(store, card["id"], "expiringMs", now_ms() - 1)
+    edit_card(store, card["id"], status="blocked", expiring_ms=now_ms() - 1)
     with unchanged(store.redis):  # no balance left, single redemption used, blocked, expired: still the same success
         assert ok(hub.transaction(card["id"], "Debit", 10, rid)) == first
 
@@ -279,7 +275,7 @@ def test_single_credit_card_refuses_a_second_credit_for_life(hub, store):
 
 def test_first_credit_of_a_single_credit_card_after_a_refusal(hub, store):
     card = hub.create_card(multipleCredits=False)
-    set_field(store, card["id"], "status", "blocked")
+    edit_card(store, card["id"], status="blocked")
     refuse_then_allow(
         hub,
         store,
@@ -287,7 +283,7 @@ def test_first_credit_of_a_single_credit_card_after_a_refusal(hub, store):
         "Credit",
         10,
         "card_blocked",
-        lambda: set_field(store, card["id"], "status", "active"),
+        lambda: edit_card(store, card["id"], status="active"),
     )
     assert_rejected(store.redis, lambda: hub.transaction(card["id"], "Credit", 1), 422, "credit_used")
 
@@ -393,7 +389,7 @@ def test_unrestricted_card_accepts_any_client(hub):
 def test_expired_card(hub, store):
     card = hub.funded_card(Decimal("10"))
     for operation in ("Debit", "Credit"):
-        set_field(store, card["id"], "expiringMs", now_ms() - 1000)
+        edit_card(store, card["id"], expiring_ms=now_ms() - 1000)
         refuse_then_allow(
             hub,
             store,
@@ -401,7 +397,7 @@ def test_expired_card(hub, store):
             operation,
             1,
             "card_expired",
-            lambda: set_field(store, card["id"], "expiringMs", now_ms() + 3_600_000),
+            lambda: edit_card(store, card["id"], expiring_ms=now_ms() + 3_600_000),
         )
     assert hub.balance(card["id"]) == 10
 
@@ -417,7 +413,7 @@ def test_card_not_yet_valid(hub, store):
         "Credit",
         5,
         "card_not_yet_valid",
-        lambda: set_field(store, card["id"], "emissionMs", now_ms() - 1000),
+        lambda: edit_card(store, card["id"], emission_ms=now_ms() - 1000),
     )
     assert hub.balance(card["id"]) == 5
 
@@ -425,7 +421,7 @@ def test_card_not_yet_valid(hub, store):
 def test_blocked_card(hub, store):
     card = hub.funded_card(Decimal("10"))
     for operation in ("Debit", "Credit"):
-        set_field(store, card["id"], "status", "blocked")
+        edit_card(store, card["id"], status="blocked")
         refuse_then_allow(
             hub,
             store,
@@ -433,7 +429,7 @@ def test_blocked_card(hub, store):
             operation,
             1,
             "card_blocked",
-            lambda: set_field(store, card["id"], "status", "active"),
+            lambda: edit_card(store, card["id"], status="active"),
         )
     assert hub.balance(card["id"]) == 10
 
@@ -570,26 +566,20 @@ def test_the_ledger_refuses_an_unknown_operation_itself(hub, store):
 def test_settling_or_cancelling_a_transaction_of_unknown_operation_changes_nothing(hub, store):
     card = hub.funded_card(Decimal("10"))
     tx = hub.debit(card["id"], Decimal("4"))
-    store.redis.hset(store.keys.transaction(card["id"], tx), "operation", "Refund")  # a damaged record
+    packed = raw_transaction(store, card["id"], tx)
+    write_raw_transaction(store, card["id"], tx, "Refund|" + packed.partition("|")[2])  # a damaged record
     for kind in ("settlements", "cancellations"):
         path = f"/giftcards/{card['id']}/transactions/{tx}/{kind}"
         refused = assert_rejected(store.redis, lambda p=path: hub.post(p, {"value": 1, "requestId": "r-x"}), 400)
         assert refused["code"] == "invalid_request"
-    store.redis.hset(store.keys.transaction(card["id"], tx), "operation", "Debit")  # repaired for verify
+    write_raw_transaction(store, card["id"], tx, packed)  # repaired for verify
 
 
 def test_the_ledger_refuses_amounts_it_could_not_count_exactly(hub, store):
     """What Python never sends, the ledger still refuses: a fractional coefficient, infinity, and
     amounts beyond 2**53 minor units, where Lua's doubles stop being exact."""
     card = hub.funded_card(Decimal("10"))
-    keys = [
-        store.keys.card(card["id"]),
-        store.keys.transactions(card["id"]),
-        store.keys.requests(card["id"]),
-        store.keys.journal(card["id"]),
-        store.keys.holds(card["id"]),
-        store.keys.transaction(card["id"], "t1"),
-    ]
+    keys = store.keys.card_keys(card["id"])
     for coefficient, scale in (("1.5", "0"), ("1e400", "0"), (str(2**53), "0"), (str(2**52), "0"), ("0", "0")):
         args = ["t1", "Credit", coefficient, scale, "r-exact", "", "1000", "", ""]
         with unchanged(store.redis):
