@@ -121,7 +121,8 @@ class LedgerCalls:
         marked it first wins). (A later migration that finishes after this check is met by card
         creation, which reads the marker again, and by ledger.lua's refusal of marked cards.)"""
         with translated_errors():
-            refusal = self.refusal(client, client.get(self.layout_key))
+            layout = client.get(self.layout_key)
+            refusal = self.refusal(client, layout)
         if refusal is not None:
             if not self._layout_logged:  # every request is refused alike: say it once per process
                 log.error("Redis holds a ledger of layout %r; this release serves layout %s", layout, LAYOUT)
