@@ -35,6 +35,7 @@ from redis.retry import Retry
 from giftcard_provider import create_app, jsonio
 from giftcard_provider.keys import Keys
 from giftcard_provider.ledger_library import RELEASE
+from giftcard_provider.records import Operation, Transaction
 from giftcard_provider.verify import verify_all
 
 from .conftest import APP_KEY, APP_TOKEN, make_settings
@@ -79,9 +80,21 @@ def admin(server: RedisServer) -> redis.Redis:
 
 def assert_ledger_holds(client: redis.Redis, card_id: str, rid: str, tx_id: str, operation: str, minor: int):
     """The answered transaction is in the ledger, with its value, under its requestId."""
-    tx = client.hgetall(KEYS.transaction(card_id, tx_id))
-    assert (tx.get("operation"), tx.get("value"), tx.get("requestId")) == (operation, str(minor), rid), tx
-    assert client.hget(KEYS.requests(card_id), rid).startswith(f"{tx_id}|"), rid
+    card = client.hgetall(KEYS.card(card_id))
+    tx = Transaction.unpack(tx_id, card[f"t:{tx_id}"], card[f"q:{tx_id}"])
+    assert (tx.operation, tx.value, tx.request_id) == (operation, minor, rid), tx
+    assert card[f"r:{rid}"].startswith(f"{tx_id}|"), rid
+
+
+def transaction_count(client: redis.Redis, card_id: str) -> int:
+    return int(client.hget(KEYS.card(card_id), "ntx") or 0)
+
+
+def operation_records(client: redis.Redis, card_id: str, tx_id: str) -> list[Operation]:
+    """A transaction's settlements and cancellations, oldest first, as stored."""
+    card = client.hgetall(KEYS.card(card_id))
+    tx = Transaction.unpack(tx_id, card[f"t:{tx_id}"])
+    return [Operation.unpack(card[f"o:{tx_id}:{k}"]) for k in range(1, tx.records + 1)]
 
 
 def assert_503(response) -> None:
@@ -149,7 +162,7 @@ def test_redis_sigkill_mid_load_loses_no_answered_write(aof_server):
             assert retry.status_code == 200, retry.get_data(as_text=True)
             assert_ledger_holds(client, card, rid, body(retry)["id"], operation, int(value * 100))
     for card in cards:  # one transaction per requestId, plus the funding Credit
-        assert client.llen(KEYS.transactions(card)) == 1 + sum(r[0] == card for r in results)
+        assert transaction_count(client, card) == 1 + sum(r[0] == card for r in results)
     assert verify_all(client, KEYS) == (len(cards), [])
 
 
@@ -230,11 +243,18 @@ def test_a_request_that_timed_out_in_flight_and_is_retried_has_one_effect(debug_
     held = hub.debit(card, Decimal("30"), "hold-1")
     if operation == "Debit":
         send = lambda: hub.transaction(card, "Debit", Decimal("10"), "late-1")  # noqa: E731
-        records, expected_balance = KEYS.transactions(card), Decimal("60")
+        expected_balance = Decimal("60")
+
+        def applied_ids():  # the card's transactions, oldest first
+            return [client.hget(KEYS.card(card), f"x:{n}") for n in range(1, transaction_count(client, card) + 1)]
     else:
         send = lambda: hub.settle(card, held, Decimal("10"), "late-1")  # noqa: E731
-        records, expected_balance = KEYS.settlements(card, held), Decimal("70")
-    before = client.llen(records)
+        expected_balance = Decimal("70")
+
+        def applied_ids():  # the Debit's settlements and cancellations, oldest first
+            return [record.oid for record in operation_records(client, card, held)]
+
+    before = len(applied_ids())
 
     blocker = redis_asleep(server, 1.5)
     started = time.monotonic()
@@ -242,12 +262,12 @@ def test_a_request_that_timed_out_in_flight_and_is_retried_has_one_effect(debug_
     assert time.monotonic() - started < 1.0, "the 503 came only after Redis woke up"
     woken(blocker)
 
-    assert client.llen(records) == before + 1, "the timed-out request was applied after all (as it should)"
-    applied = client.lindex(records, -1).split("|")[0]
+    assert len(applied_ids()) == before + 1, "the timed-out request was applied after all (as it should)"
+    applied = applied_ids()[-1]
     retry = send()
     assert retry.status_code == 200, retry.get_data(as_text=True)
     assert body(retry).get("id", body(retry).get("oid")) == applied
-    assert client.llen(records) == before + 1
+    assert len(applied_ids()) == before + 1
     assert hub.balance(card) == expected_balance
     assert verify_all(client, KEYS) == (1, [])
 
@@ -361,7 +381,7 @@ def test_a_worker_killed_mid_burst_loses_no_answered_write(server, gunicorn):
             status, answer = call(port, "POST", f"/giftcards/{card}/transactions", debit(value, rid, tokens[card]))
             assert status == 200, answer
     for card in cards:
-        assert client.llen(KEYS.transactions(card)) == 1 + sum(r[0] == card for r in results)
+        assert transaction_count(client, card) == 1 + sum(r[0] == card for r in results)
     assert verify_all(client, KEYS) == (2, [])
     wait_for(lambda: len(children(master.pid) - {victim}) == 2, "gunicorn to replace the worker")
     assert probe(port) == 200
@@ -440,17 +460,24 @@ def test_redis_refuses_a_function_without_no_writes_under_oom_before_it_runs(ser
     (library,) = client.function_list(RELEASE.name)
     functions = [pairs(f) for f in pairs(library)["functions"]]
     flags = {f["name"]: set(f["flags"]) for f in functions}
-    read_only = {"gc_read_card", "gc_read_operations", "gc_read_ledger", "gc_ping"}
+    read_only = {
+        "gc_read_card",
+        "gc_read_transactions",
+        "gc_read_transaction",
+        "gc_read_ledger",
+        "gc_read_bucket",
+        "gc_ping",
+    }
     assert {name for name, f in flags.items() if "no-writes" in f} == {RELEASE.function(n) for n in read_only}
     assert not any("allow-oom" in f for f in flags.values())
 
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", 1)
     before = snapshot(client)
-    keys = [KEYS.card(card_id), KEYS.journal(card_id), KEYS.holds(card_id)]
+    keys = KEYS.card_keys(card_id)
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         client.fcall(RELEASE.function("gc_expire_holds"), len(keys), *keys, "100")
-    assert client.fcall_ro(RELEASE.function("gc_read_card"), 2, KEYS.card(card_id), KEYS.holds(card_id))[0] == "ok"
+    assert client.fcall_ro(RELEASE.function("gc_read_card"), 1, KEYS.card(card_id))[0] == "ok"
     assert client.fcall_ro(RELEASE.function("gc_ping"), 0) == RELEASE.digest
     assert snapshot(client) == before
     client.config_set("maxmemory", 0)
