@@ -200,7 +200,7 @@ def test_a_due_entry_whose_transaction_disagrees_never_stalls_the_sweeper(hub, s
     set_hold_entry(store, card["id"], tx, 1)
     assert store.expire_holds(card["id"]) == 0  # the card's own pass goes by its records, not the entry
     swept = store.expire_all_holds()
-    assert swept == {"bucketsWithDueHolds": 1, "holdsReleased": 0, "errors": {}, "moving": 0}
+    assert swept == {"bucketsWithDueHolds": 1, "holdsReleased": 0, "errors": {}, "moving": 0, "eventsTrimmed": 0}
     assert hold_deadline(store, card["id"], tx) == stored_transaction(store, card["id"], tx).hold_deadline_ms
     assert store.expire_all_holds()["bucketsWithDueHolds"] == 0
     assert hub.balance(card["id"]) == 6
@@ -216,9 +216,15 @@ def test_the_bucket_sweeper_releases_every_due_hold_in_batches(hub, store):
     young = hub.debit(card["id"], Decimal("1"))
     age_holds(store, card["id"], txs)
     swept = store.expire_all_holds()
-    assert swept == {"bucketsWithDueHolds": 1, "holdsReleased": len(txs), "errors": {}, "moving": 0}
+    assert swept == {"bucketsWithDueHolds": 1, "holdsReleased": len(txs), "errors": {}, "moving": 0, "eventsTrimmed": 0}
     assert list(holds_of(store, card["id"])) == [young]
-    assert store.expire_all_holds() == {"bucketsWithDueHolds": 0, "holdsReleased": 0, "errors": {}, "moving": 0}
+    assert store.expire_all_holds() == {
+        "bucketsWithDueHolds": 0,
+        "holdsReleased": 0,
+        "errors": {},
+        "moving": 0,
+        "eventsTrimmed": 0,
+    }
     assert [r["value"] for r in cancellations(hub, card["id"], txs[0])] == [1]
     assert hub.balance(card["id"]) == 299
     ok(hub.settle(card["id"], young, Decimal("1")))
