@@ -630,11 +630,12 @@ def deactivate(card_id, reason, yes, as_json):
 @click.argument("card_id", type=CARD_ID, required=False)
 @json_option
 def verify(card_id, as_json):
-    """Recompute cards from their journals; exit 1 naming every card that does not add up.
+    """Recompute cards from their events; exit 1 naming every card that does not add up.
 
-    Checks one card, or every card (by SCAN) when CARD_ID is left out; then
-    also that no code or owner index entry names a missing card, and lists the
-    cards left unreachable by an interrupted creation (no money: not a failure).
+    Checks one card, or every card when CARD_ID is left out (bucket by bucket, from the buckets'
+    card lists and event logs); then also every code and owner index entry, and each bucket's
+    books against the sum of its cards. Lists the cards left unreachable by an interrupted
+    creation (no money: not a failure).
     """
     store = _store()
     report = store.verify(card_id)
@@ -642,7 +643,7 @@ def verify(card_id, as_json):
     ok = not report.problems
     if as_json:
         _emit({"checked": checked, "ok": ok, "failed": failed, "danglingIndexEntries": dangling,
-               "unreachable": unreachable})  # fmt: skip
+               "books": report.books, "unreachable": unreachable})  # fmt: skip
         if not ok:
             click.get_current_context().exit(1)
         return
@@ -658,8 +659,9 @@ def verify(card_id, as_json):
             f"ledger verification failed on {len(failed)} of {checked} card(s)"
             + (f": {', '.join(sorted(failed))}" if failed else "")
             + (f"; {len(dangling)} index entr{'y' if len(dangling) == 1 else 'ies'} name no card" if dangling else "")
+            + (f"; {len(report.books)} books problem(s)" if report.books else "")
         )
-    click.echo(f"verified {checked} card(s): every balance follows from its journal")
+    click.echo(f"verified {checked} card(s): every balance follows from its events, and the books from the cards")
 
 
 @cards.command("export")

@@ -17,7 +17,7 @@ function call writes a card together with its bucket's indexes, books and events
     gc:{b<bb>}:events           stream  the bucket's journal and outbox: one entry per money
                                         movement, status change, creation and import (events.py)
     gc:{b<bb>}:books            hash    "<CUR>:<total>" -> integer minor units: running totals per
-                                        currency (books.py)
+                                        currency (records.Books)
 
 Owners are indexed apart, because one owner's cards live in many buckets::
 

@@ -125,7 +125,7 @@ class LedgerCalls:
             refusal = self.refusal(client, layout)
         if refusal is not None:
             if not self._layout_logged:  # every request is refused alike: say it once per process
-                log.error("Redis holds a ledger of layout %r; this release serves layout %s", layout, LAYOUT)
+                log.error("refusing to serve this store (%s): %s", refusal.code, refusal.message)
                 self._layout_logged = True
             raise refusal
         self._layout_checked = True

@@ -76,7 +76,8 @@ LEDGER_OUTCOMES = Counter(
 )
 REDIS_ERRORS = Counter(
     "giftcard_redis_errors_total",
-    "Redis calls that failed as unavailable (answered 503), by component (ledger, limiter).",
+    "Redis calls that failed as unavailable, by component (ledger and limiter: answered 503; metrics: the "
+    "books gauges left out of a scrape).",
     ["component", "error"],
 )
 CODE_LOOKUPS = Counter(
@@ -130,6 +131,7 @@ _LEDGER_FUNCTIONS = {
     "gc_settle": "settlement",
     "gc_cancel": "cancellation",
     "gc_expire_holds": "expiry",
+    "gc_sweep_bucket": "expiry",  # the sweeper: reply[1] is the holds it released, as gc_expire_holds'
 }
 _DONE = {"debit": "authorized", "credit": "authorized", "settlement": "settled", "cancellation": "cancelled"}
 _REPLY_OUTCOMES = {"replay": "replayed", "conflict": "conflict", "not_found": "not_found"}

@@ -2,11 +2,12 @@
 
 This is the proof that nothing was created or lost. For each card, its events are replayed
 (from `created`, or from `imported` for a card the v1 -> v2 migration brought in, or from the
-first event retention kept): each event's recorded balances must follow from the previous ones,
-and the last must equal the card's balances. Every transaction's settlements and cancellations
+first event retention kept; a card whose events retention trimmed entirely is checked without
+them): each event's recorded balances must follow from the previous ones, and the last must
+equal the card's balances. Every transaction's settlements and cancellations
 must add up to its counters and stay within their caps, and every hold must be in the bucket's
 hold index. Then, bucket by bucket, the books must equal the sum of the bucket's cards, and the
-books' own totals must agree with each other (books.py).
+books' own totals must agree with each other (records.Books).
 
 Nothing here walks the keyspace: cards are found through the buckets' card lists, events in the
 buckets' event logs, so the cost grows with the cards and events read.
@@ -129,7 +130,8 @@ def _verify_cards(client, keys, library, bucket, ids, report, *, whole_bucket, c
                 snapshots[cid] = LedgerSnapshot.from_reply(cid, reply)
             except (KeyError, ValueError, IndexError, TypeError) as exc:  # damaged by hand: what verify is for
                 snapshots[cid] = f"unreadable record ({type(exc).__name__}: {exc})"
-    events = _bucket_events(client, keys, bucket)  # read after the cards: every event up to their seq is here
+    # Read after the cards: every event up to their seq is here, unless retention trimmed it.
+    events, oldest_ms = _bucket_events(client, keys, bucket)
     owners = _owner_presence(client, keys, [s for s in snapshots.values() if isinstance(s, LedgerSnapshot)])
     codes_per_card = defaultdict(int)
     for named_id in (code_entries or {}).values():
@@ -143,7 +145,10 @@ def _verify_cards(client, keys, library, bucket, ids, report, *, whole_bucket, c
         if isinstance(snapshot, str):
             report.failed[cid] = [f"card {cid}: {snapshot}"]
             continue
-        problems = _check_card(snapshot, events.get(cid, []))
+        # Retention trims a bucket's oldest events: a card created before the oldest one kept (or in a
+        # bucket with none kept) may have lost its first events, or all of them.
+        trimmed = oldest_ms is None or oldest_ms >= snapshot.card.created_ms
+        problems = _check_card(snapshot, events.get(cid, []), trimmed)
         gaps = [] if owners[cid] else ["owner"]
         if code_entries is not None and codes_per_card[cid] != 1:
             gaps.append("code")
@@ -164,16 +169,17 @@ def _read_ledgers(client, keys: Keys, function: str, ids: list[str]) -> list:
     return pipe.execute()
 
 
-def _bucket_events(client, keys: Keys, bucket: str) -> dict[str, list[Event]]:
-    """The bucket's whole event log, per card, oldest first."""
+def _bucket_events(client, keys: Keys, bucket: str) -> tuple[dict[str, list[Event]], int | None]:
+    """The bucket's whole event log, per card, oldest first, and the time of its oldest event."""
     per_card: dict[str, list[Event]] = defaultdict(list)
-    start = "-"
+    start, oldest_ms = "-", None
     while page := client.xrange(keys.events(bucket), start, "+", count=EVENT_PAGE):
         for stream_id, fields in page:
             event = Event.from_stream(bucket, stream_id, fields)
             per_card[event.card_id].append(event)
+            oldest_ms = event.at_ms if oldest_ms is None else oldest_ms
         start = f"({page[-1][0]}"
-    return per_card
+    return per_card, oldest_ms
 
 
 def _owner_presence(client, keys: Keys, snapshots: list[LedgerSnapshot]) -> dict[str, bool]:
@@ -183,7 +189,7 @@ def _owner_presence(client, keys: Keys, snapshots: list[LedgerSnapshot]) -> dict
     return defaultdict(bool, {s.card.id: score is not None for s, score in zip(snapshots, pipe.execute(), strict=True)})
 
 
-def _check_card(snapshot: LedgerSnapshot, events: list[Event]) -> list[str]:
+def _check_card(snapshot: LedgerSnapshot, events: list[Event], trimmed: bool) -> list[str]:
     card = snapshot.card
     problems: list[str] = []
     replayed = [e for e in events if e.seq <= card.seq]  # later ones landed after the card was read
@@ -216,8 +222,11 @@ def _check_card(snapshot: LedgerSnapshot, events: list[Event]) -> list[str]:
             problems.append(
                 f"{where}: records available={event.available} held={event.held}, replay gives {available}/{held}"
             )
+    if replayed and replayed[0].seq != 1 and replayed[0].type != "imported" and not trimmed:
+        problems.append(f"events before seq {replayed[0].seq} are missing")
     if not replayed:
-        problems.append("no events")
+        if not trimmed:
+            problems.append("no events")
     elif replayed[-1].seq != card.seq:
         problems.append(f"the card's seq is {card.seq}, its last event's {replayed[-1].seq}")
     elif (card.available, card.held) != (available, held):

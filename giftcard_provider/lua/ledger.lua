@@ -121,7 +121,7 @@ local function write_tx(c, t)
   redis.call('HSET', c.key, 't:' .. t.id, packed)
 end
 
--- Running totals per currency (books.py names them); `cur` is the card's currency.
+-- Running totals per currency (records.Books names them); `cur` is the card's currency.
 local function book(c, total, delta)
   if delta ~= 0 then redis.call('HINCRBY', c.books, c.cur .. ':' .. total, int(delta)) end
 end
