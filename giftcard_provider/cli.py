@@ -930,9 +930,10 @@ def migrate(clean, as_json):
     """Move a v1 store to layout v2: the Procfile's release phase (docs/ledger-v2.md, "Migration").
 
     Safe while v1 processes serve (each card is marked before it is copied, and v1 refuses writes to
-    marked cards) and safe to repeat: a killed run resumes where it stopped, and on a migrated store
-    it moves nothing and verifies. Exit 1 if a card could not be moved or verify finds a problem.
-    With --cleanup (once no v1 process is left): delete the moved v1 cards and the v1 indexes.
+    marked cards) and safe to repeat: a killed run resumes where it stopped. Once a run has finished
+    and verified (on a new store: the first run), later runs return at once. Exit 1 if a card could
+    not be moved or verify finds a problem. With --cleanup (once no v1 process is left): delete the
+    moved v1 cards and the v1 indexes.
     """
     from . import migration
 
@@ -944,6 +945,7 @@ def migrate(clean, as_json):
         "indexes": "v1 indexes copied: {note}",
         "rescan": "rescanning for cards v1 created meanwhile",
         "verify": "verifying",
+        "finished": "layout v2; the migration finished and verified at {note} (epoch ms): nothing to do",
         "cleanup": "{note}",
     }
 

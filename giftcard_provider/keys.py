@@ -25,6 +25,8 @@ Owners are indexed apart, because one owner's cards live in many buckets::
                                         ooo = the first 3 hex of SHA-256 of the profile id (4,096 shards)
     gc:layout                   string  "v2": the layout of this store; "migrating:..." while the
                                         v1 -> v2 migration runs (migration.py)
+    gc:layout:migrated          string  when `flask cards migrate` last finished and verified (epoch
+                                        ms): later release phases return at once (migration.py)
     gc:consumers:<name>         hash    bucket -> the last event stream id consumer <name> handled
                                         (`flask cards events --consumer`, events.py)
     gc:limits:<scope>:<seconds>:<n>
@@ -151,6 +153,10 @@ class Keys:
     def layout(self) -> str:
         """The store's layout version: "v2"; absent on a v1 store (migration.py)."""
         return f"{self.prefix}:layout"
+
+    def migrated(self) -> str:
+        """When the v1 -> v2 migration finished, verified (epoch ms): later release phases skip it."""
+        return f"{self.prefix}:layout:migrated"
 
 
 def owner_member(profile_id: str, card_id: str) -> str:

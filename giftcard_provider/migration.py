@@ -12,14 +12,16 @@
    migration did not bring are reported, not copied).
 4. A rescan migrates the cards v1 processes created meanwhile; the marker becomes ``v2``. One more
    rescan then takes the cards whose creation read the marker just before it changed (a v1
-   creation that reads ``v2`` withdraws its card instead). Then the whole store is verified.
+   creation that reads ``v2`` withdraws its card instead). Then the whole store is verified, and
+   if it is sound the time is recorded in ``gc:layout:migrated``.
 
 Every step can be repeated: gc_v1_take marks again, gc_import_card leaves a card that is already
 in its bucket as it is, index writes are idempotent. So a migration killed at any point (SIGKILL
 included) resumes by running the command again. A card already marked and in its bucket is not
 read again. The marker is never taken back from ``v2``, and a store of any other layout is
-refused, so running `migrate` on every release is safe: on a migrated store it migrates nothing
-and verifies.
+refused, so running `migrate` on every release is safe: once a run has finished and verified,
+later runs read two keys and return (a release phase never walks the keyspace again). A store a
+v2 process created (marked v2, nothing recorded) is scanned and verified once.
 
 This module is the only reader of the v1 layout (V1Keys, and the parsing in `V1Card`); the v2
 records it writes are records.py's. It uses the store's client without the layout check
@@ -67,7 +69,8 @@ class Progress:
     read in v1), "imported" (written into its bucket: `note` "ok", or "exists" if an earlier run had),
     "skipped" (already marked and in its bucket), "vanished" (withdrawn by v1 before it was taken),
     "failed" (`note` says why), "indexes" (the v1 indexes were copied), "rescan", "verify",
-    "cleanup" (`note` says what was deleted).
+    "finished" (an earlier run finished: `note` is when, epoch ms), "cleanup" (`note` says what was
+    deleted).
     """
 
     phase: str
@@ -224,6 +227,7 @@ class MigrationReport:
     owner_entries: int = 0  # v1 owner index entries copied
     skipped_entries: list[str] = field(default_factory=list)  # v1 index entries naming no moved card
     verify: verify.Report | None = None
+    finished_ms: int | None = None  # an earlier run finished and verified the migration then: nothing to do
 
     @property
     def done(self) -> int:
@@ -231,6 +235,8 @@ class MigrationReport:
 
     @property
     def ok(self) -> bool:
+        if self.finished_ms is not None:
+            return self.layout_after == LAYOUT
         return not self.failed and self.layout_after == LAYOUT and self.verify is not None and not self.verify.problems
 
     def as_dict(self) -> dict:
@@ -247,6 +253,7 @@ class MigrationReport:
             "codeEntries": self.code_entries,
             "ownerEntries": self.owner_entries,
             "skippedEntries": self.skipped_entries,
+            "finishedBefore": self.finished_ms,
             "verify": None
             if report is None
             else {"checked": report.checked, "problems": report.problems, "unreachable": report.unreachable},
@@ -404,6 +411,11 @@ def migrate(store, *, progress: ProgressCallback | None = None) -> MigrationRepo
         report = MigrationReport(layout_before=before)
         if before is not None and before != LAYOUT and not before.startswith(MIGRATING):
             raise layout_refusal(before)  # another layout: deploy the release that knows it
+        finished = run.client.get(run.keys.migrated()) if before == LAYOUT else None
+        if finished is not None:  # every later release phase: no walk of the keyspace, no full verify
+            report.layout_after, report.finished_ms = LAYOUT, int(finished)
+            run.say(report, "finished", note=finished)
+            return report
         marking = before != LAYOUT  # v2 already: v1 cards left behind are moved, the marker stays
         if marking:
             run.say(report, "layout", note=run.set_marker(f"{MIGRATING}:0"))
@@ -424,6 +436,9 @@ def migrate(store, *, progress: ProgressCallback | None = None) -> MigrationRepo
         if report.layout_after == LAYOUT:
             run.say(report, "verify")
             report.verify = store.verify()
+            if report.ok:  # a v1 process can no longer create a card here: later runs need not look again
+                seconds, micros = run.client.time()
+                run.client.set(run.keys.migrated(), str(seconds * 1000 + micros // 1000))
     return report
 
 
@@ -457,7 +472,8 @@ def cleanup(store, *, progress: ProgressCallback | None = None) -> CleanupReport
     """Delete the v1 keys a finished migration left: every v1 card marked movedTo whose v2 copy exists,
     with its per-card keys (the card hash last, so a killed cleanup finds it again), then the v1 code
     and owner indexes. Only once the marker is v2. A v1 card that is not moved yet is kept, and so
-    are the v1 indexes then (run `migrate` again first). The v1 ledger library is
+    are the v1 indexes then (run `migrate` again first: the record of a finished migration is
+    dropped, so that it looks for v1 cards again). The v1 ledger library is
     `flask cards libraries --prune`'s."""
     run = _Run(store, progress)
     report = CleanupReport()
@@ -490,7 +506,9 @@ def cleanup(store, *, progress: ProgressCallback | None = None) -> CleanupReport
                 doomed += [v1.transactions(cid), v1.requests(cid), v1.holds(cid), v1.journal(cid), v1.card(cid)]
                 report.keys += sum(run._read(lambda pipe, doomed=doomed: [pipe.delete(k) for k in doomed]))
                 report.cards += 1
-        if not report.kept:
+        if report.kept:  # the next `migrate` must look for v1 cards again, not trust its record
+            run.client.delete(run.keys.migrated())
+        else:
             for pattern in (run.v1.code_index_pattern(), run.v1.owner_index_pattern()):
                 for chunk in run.chunks(pattern):
                     deleted = sum(run._read(lambda pipe, chunk=chunk: [pipe.delete(k) for k in chunk]))

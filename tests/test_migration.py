@@ -169,10 +169,12 @@ def test_migration_moves_every_card_as_v1_recorded(v1_store):
     v1_seq = int(ROWS[V1.card(busy)]["value"]["seq"])
     assert (imported.type, imported.seq, imported.amount) == ("imported", v1_seq + 1, 0)
 
-    # Run again (every release's release phase does): nothing changes, and it verifies.
+    # Run again (every release's release phase does): it finished and verified, so nothing is read again.
+    finished = int(v1_store.get(KEYS.migrated()))
     with unchanged(v1_store):
         again = migrate(store)
-    assert again.ok and (again.imported, again.already, again.layout_before) == (0, len(CARDS), "v2")
+    assert again.ok and (again.imported, again.already, again.layout_before) == (0, 0, "v2")
+    assert (again.finished_ms, again.verify) == (finished, None)
 
 
 def test_requests_made_under_v1_replay_after_the_migration(real_redis):
