@@ -389,12 +389,8 @@ class BusyPhase:
 def _bucket_sizes(r, keys: Keys, card_id: str) -> dict[str, tuple[int, str]]:
     """MEMORY USAGE (every element: SAMPLES 0) and encoding of a card's hash and its bucket's shared keys."""
     bucket = card_id[:2]
-    named = {
-        "card hash gc:{b}:card:<id>": keys.card(card_id),
-        "bucket events gc:{b}:events": keys.events(bucket),
-        "bucket holds gc:{b}:holds": keys.holds(bucket),
-        "bucket books gc:{b}:books": keys.books(bucket),
-    }
+    named = {key_kind(key, keys): key for key in (keys.card(card_id), keys.events(bucket), keys.holds(bucket),
+                                                   keys.books(bucket))}  # fmt: skip
     pipe = r.pipeline(transaction=False)
     for key in named.values():
         pipe.memory_usage(key, samples=0)
@@ -562,13 +558,12 @@ class KeyCensus:
 _KIND_PATTERNS = (
     (re.compile(r"\{b[0-9a-f]{2}\}"), "{b}"),
     (re.compile(r"\{o[0-9a-f]{3}\}"), "{o}"),
-    (re.compile(r":card:[0-9a-f]{32}$"), ":card:<id>"),
+    (re.compile(r":[0-9a-f]{32}$"), ":<id>"),
     (re.compile(r":(cards|codes):\d+$"), r":\1:<nn>"),
     (re.compile(r":limits:.*$"), ":limits:..."),
     (re.compile(r":consumers:.*$"), ":consumers:<name>"),
 )
-KIND_NAMES = {  # what each kind is, for the tables
-    "card:<id>": "card hash (the card and its transactions)",
+KIND_NAMES = {  # what each kind is, for the tables (the card hash's own name: Keys.card)
     "cards:<nn>": "bucket card list shard",
     "codes:<nn>": "bucket code index shard",
     "holds": "bucket holds (deadlines)",
@@ -580,14 +575,16 @@ KIND_NAMES = {  # what each kind is, for the tables
 
 
 def key_kind(key: str, keys: Keys) -> str:
-    """gc:{b3f}:card:<32 hex> -> "gc:{b}:card:<id> (card hash ...)"; keys outside the ledger as they are."""
+    """gc:{b3f}:c:<32 hex> -> "gc:{b}:c:<id> (card hash)"; keys outside the ledger as they are."""
     if not key.startswith(f"{keys.prefix}:"):
         return "other: " + re.sub(r"\d+$", "<n>", key)
     kind = key
     for pattern, placeholder in _KIND_PATTERNS:
         kind = pattern.sub(placeholder, kind)
     tail = kind.rsplit("}:", 1)[-1].removeprefix(f"{keys.prefix}:")
-    return f"{kind} ({KIND_NAMES[tail]})" if tail in KIND_NAMES else kind
+    card_tail = keys.card("0" * 32).rsplit("}:", 1)[-1].replace("0" * 32, "<id>")
+    names = {**KIND_NAMES, card_tail: "card hash: the card and its transactions"}
+    return f"{kind} ({names[tail]})" if tail in names else kind
 
 
 def key_census(r, keys: Keys) -> KeyCensus:

@@ -22,7 +22,8 @@ def new_code() -> str:
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(24)
+    """A card's redemptionToken: 128 random bits, 22 characters (stored in the card's hash: keys.py)."""
+    return secrets.token_urlsafe(16)
 
 
 def new_id() -> str:

@@ -4,7 +4,9 @@ Cards live in 256 **buckets**, named by the first two hex digits of the card id.
 bucket carries the hash tag ``{b<bb>}``, so on a Redis Cluster a bucket is one slot and one
 function call writes a card together with its bucket's indexes, books and events::
 
-    gc:{b<bb>}:card:<id>        hash    one card and everything that happened to it (fields below)
+    gc:{b<bb>}:c:<id>           hash    one card and everything that happened to it (fields below);
+                                        "c", not "card": a key name of 44 bytes or less keeps its
+                                        allocation in jemalloc's 48-byte class, 16 B a card
     gc:{b<bb>}:cards:<nn>       hash    card id -> created ms: the bucket's cards, in 64 sub-shards
                                         (nn = the id's 3rd-4th hex digits mod 64, so each stays a
                                         compact listpack); verify, export and reports walk these
@@ -38,10 +40,13 @@ Owners are indexed apart, because one owner's cards live in many buckets::
 
 A card hash's fields (short names: each byte is paid once per card; records.py reads them)::
 
-    cur exp      currency, its ISO 4217 exponent      av hd        available, held (minor units)
+    cur exp      currency, its ISO 4217 exponent      av hd        available, held (minor units;
+                                                                   absent until money first moves: 0)
     st sr sc     status, its reason, its change ms    own          profileId (the owner)
     rel cap      relationName, caption                ro mr mc     restrictedToOwner,
-    at from to   created, emission, expiring ms                    multipleRedemptions, multipleCredits (1/0)
+    at from to   created, emission, expiring ms                    multipleRedemptions, multipleCredits
+                 (from left out when it equals at)                 ("1"/"0", each left out at its
+                                                                   default: ro 0, mr 1, mc 1)
     l4 tk        the code's last 4, redemption token  lim          balance limit (minor units)
     seq          events written for the card          od cr ntx    open Debits, Credits, transactions
     ho           ids of the Debits still holding money, space-separated
@@ -100,8 +105,8 @@ class Keys:
         return f"{self.prefix}:{{b{bucket}}}"
 
     def card(self, card_id: str) -> str:
-        # ledger.lua derives this same name from a bucket key and a hold's card id.
-        return f"{self.bucket(card_id[:2])}:card:{card_id}"
+        # ledger.lua derives this same name from a bucket key and a hold's card id (CARD).
+        return f"{self.bucket(card_id[:2])}:c:{card_id}"
 
     def card_list(self, card_id: str) -> str:
         return self.card_list_shard(card_id[:2], _sub_shard(card_id))

@@ -66,20 +66,20 @@ class Card:
             id=card_id,
             currency=fields["cur"],
             exponent=int(fields["exp"]),
-            available=int(fields["av"]),
-            held=int(fields["hd"]),
+            available=_int(fields, "av"),  # av and hd are absent until money first moves
+            held=_int(fields, "hd"),
             due_holds=due_holds,
             now_ms=now_ms,
             status=fields["st"],
             status_reason=fields.get("sr", ""),
             status_changed_ms=_int(fields, "sc") or None,
             profile_id=fields.get("own", ""),
-            restricted_to_owner=fields.get("ro") == "1",
-            multiple_redemptions=fields.get("mr") == "1",
-            multiple_credits=fields.get("mc") == "1",
+            restricted_to_owner=fields.get("ro") == "1",  # a flag at its default is left out (card_fields)
+            multiple_redemptions=fields.get("mr", "1") == "1",
+            multiple_credits=fields.get("mc", "1") == "1",
             relation_name=fields.get("rel", ""),
             caption=fields.get("cap", ""),
-            emission_ms=int(fields["from"]),
+            emission_ms=_int(fields, "from", int(fields["at"])),  # "from" is left out when it equals "at"
             expiring_ms=int(fields["to"]),
             created_ms=int(fields["at"]),
             code_last4=fields.get("l4", ""),
@@ -97,13 +97,17 @@ class Card:
         """The card's own fields as stored (from_hash's inverse; the migration writes them: gc_import_card).
         Its transactions' fields are `ledger_fields`'."""
         fields = {
-            "cur": self.currency, "exp": str(self.exponent), "av": str(self.available), "hd": str(self.held),
-            "st": self.status, "own": self.profile_id, "rel": self.relation_name,
-            "cap": self.caption, "ro": _flag(self.restricted_to_owner), "mr": _flag(self.multiple_redemptions),
-            "mc": _flag(self.multiple_credits), "at": str(self.created_ms), "from": str(self.emission_ms),
-            "to": str(self.expiring_ms), "l4": self.code_last4, "tk": self.token, "lim": str(self.balance_limit),
+            "cur": self.currency, "exp": str(self.exponent), "st": self.status, "own": self.profile_id,
+            "rel": self.relation_name, "cap": self.caption,
+            **_flags(self.restricted_to_owner, self.multiple_redemptions, self.multiple_credits),
+            "at": str(self.created_ms), "to": str(self.expiring_ms),
+            "l4": self.code_last4, "tk": self.token, "lim": str(self.balance_limit),
             "seq": str(self.seq), "od": str(self.open_debits), "cr": str(self.credits), "ntx": str(self.transactions),
         }  # fmt: skip
+        if self.available or self.held:
+            fields.update(av=str(self.available), hd=str(self.held))
+        if self.emission_ms != self.created_ms:
+            fields["from"] = str(self.emission_ms)
         if self.status_reason:
             fields["sr"] = self.status_reason
         if self.status_changed_ms is not None:
@@ -145,8 +149,18 @@ class Card:
         return not self.restricted_to_owner or self.profile_id in identities
 
 
-def _flag(value: bool) -> str:
-    return "1" if value else "0"
+def _flags(restricted_to_owner: bool, multiple_redemptions: bool, multiple_credits: bool) -> dict[str, str]:
+    """The card's flags as stored: each only when it differs from its default (the protocol's: not
+    restricted, multiple redemptions and credits), so a typical card pays for none of them. ledger.lua
+    reads an absent flag as its default too."""
+    fields = {}
+    if restricted_to_owner:
+        fields["ro"] = "1"
+    if not multiple_redemptions:
+        fields["mr"] = "0"
+    if not multiple_credits:
+        fields["mc"] = "0"
+    return fields
 
 
 def card_fields(
@@ -171,9 +185,7 @@ def card_fields(
         "own": profile_id,
         "rel": relation_name,
         "cap": caption,
-        "ro": "1" if restricted_to_owner else "0",
-        "mr": "1" if multiple_redemptions else "0",
-        "mc": "1" if multiple_credits else "0",
+        **_flags(restricted_to_owner, multiple_redemptions, multiple_credits),
         "l4": code_last4,
         "tk": token,
     }

@@ -430,7 +430,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert response.status_code == 200
         balance = body(response)["balance"]
         assert balance == card.major(card.available), f"card {card_id}: balance {balance}, model {card.available}"
-        stored = [int(v) for v in self.redis.hmget(self.model_keys.card(card_id), "av", "hd")]
+        stored = [int(v or 0) for v in self.redis.hmget(self.model_keys.card(card_id), "av", "hd")]  # absent: 0
         model = [card.available, card.held]
         assert stored == model, f"card {card_id}: available/held {stored} in Redis, model {model}"
         assert verify_card(self.redis, self.model_keys, card_id) == []

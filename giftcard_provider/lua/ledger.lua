@@ -82,10 +82,13 @@ local function split(packed, separator)
 end
 
 -- A card and the keys of its bucket, as one call sees them.
--- KEYS of every money call: card gc:{b<bb>}:card:<id>, holds, events, books of its bucket.
+-- KEYS of every money call: card gc:{b<bb>}:c:<id>, holds, events, books of its bucket.
+-- A card's key is its bucket's prefix, CARD and its id (keys.py: Keys.card); the sweeper and
+-- gc_read_bucket derive it the same way from a bucket key.
+local CARD = ':c:'
 local function open_card(keys)
   local c = {key = keys[1], holds = keys[2], events = keys[3], books = keys[4]}
-  c.id = string.match(c.key, ':card:([^:]+)$')
+  c.id = string.match(c.key, CARD .. '([^:]+)$')
   return c
 end
 
@@ -140,7 +143,7 @@ local function event(c, kind, tx_id, ref, amount)
   local seq = redis.call('HINCRBY', c.key, 'seq', 1)
   local available, held = unpack(redis.call('HMGET', c.key, 'av', 'hd'))
   redis.call('XADD', c.events, '*', 'type', kind, 'card', c.id, 'tx', tx_id, 'ref', ref,
-    'amount', int(amount), 'available', available, 'held', held, 'seq', seq, 'currency', c.cur)
+    'amount', int(amount), 'available', available or '0', 'held', held or '0', 'seq', seq, 'currency', c.cur)
   return seq
 end
 
@@ -253,9 +256,9 @@ local function moving(c)
 end
 
 local function card_usable(c, at)
-  local status, from, to = unpack(redis.call('HMGET', c.key, 'st', 'from', 'to'))
+  local status, from, to, created = unpack(redis.call('HMGET', c.key, 'st', 'from', 'to', 'at'))
   if status ~= 'active' then return 'card_' .. (status or 'missing') end
-  if at < tonumber(from) then return 'card_not_yet_valid' end
+  if at < tonumber(from or created) then return 'card_not_yet_valid' end  -- no from: valid from creation
   if at >= tonumber(to) then return 'card_expired' end
   return nil
 end
@@ -276,7 +279,7 @@ local function amount_refusal(c, refusal)
 end
 
 --[[ gc_create_card
-KEYS[1] card gc:{b<bb>}:card:<id>; KEYS[2] its card list shard; KEYS[3] its code index shard;
+KEYS[1] card gc:{b<bb>}:c:<id>; KEYS[2] its card list shard; KEYS[3] its code index shard;
 KEYS[4] the bucket's events; KEYS[5] the bucket's books
 ARGV[1] card id; ARGV[2] code digest (its index field)
 ARGV[3] emission ms ("" = now, on Redis's clock); ARGV[4] expiring ms ("" = emission + ARGV[5])
@@ -297,8 +300,8 @@ local function create_card(keys, args)
   if to <= from or to <= at then return {'invalid_window'} end
   local fields = {}
   for i = 6, #args do fields[#fields + 1] = args[i] end
-  redis.call('HSET', card, 'av', 0, 'hd', 0, 'st', 'active', 'at', int(at), 'from', int(from), 'to', int(to),
-    unpack(fields))
+  redis.call('HSET', card, 'st', 'active', 'at', int(at), 'to', int(to), unpack(fields))  -- av, hd: 0 until moved
+  if from ~= at then redis.call('HSET', card, 'from', int(from)) end  -- left out when valid from creation
   redis.call('HSET', list, id, int(at))
   redis.call('HSET', codes, digest, id)
   local c = open_card({card, '', events, books})
@@ -550,7 +553,7 @@ local function sweep_bucket(keys, args)
   local due = redis.call('ZRANGEBYSCORE', holds, '-inf', at, 'LIMIT', 0, limit)
   for _, member in ipairs(due) do
     local card_id, tx_id = string.match(member, '^([^:]+):(.+)$')
-    local c = card_id and open_card({prefix .. ':card:' .. card_id, holds, keys[2], keys[3]})
+    local c = card_id and open_card({prefix .. CARD .. card_id, holds, keys[2], keys[3]})
     local cur = c and redis.call('HGET', c.key, 'cur')
     if not cur then
       redis.call('ZREM', holds, member)  -- no such card: nothing is held for it
@@ -609,7 +612,7 @@ it first), so its amount is reported as available before the release is written.
 --]]
 local function read_card(keys, args)
   local c = open_card(keys)
-  c.holds = keys[2] or (string.sub(c.key, 1, #c.key - #c.id - #':card:') .. ':holds')
+  c.holds = keys[2] or (string.sub(c.key, 1, #c.key - #c.id - #CARD) .. ':holds')
   local values = redis.call('HMGET', c.key, unpack(CARD_FIELDS))
   if not values[1] then return {'not_found'} end
   local at = now_ms()
@@ -694,10 +697,10 @@ local function read_bucket(keys, args)
   end
   for i = 2, #keys do
     for _, card_id in ipairs(redis.call('HKEYS', keys[i])) do
-      local cur, available, held = unpack(redis.call('HMGET', prefix .. ':card:' .. card_id, 'cur', 'av', 'hd'))
+      local cur, available, held = unpack(redis.call('HMGET', prefix .. CARD .. card_id, 'cur', 'av', 'hd'))
       if cur then
-        add(cur .. ':available', tonumber(available))
-        add(cur .. ':held', tonumber(held))
+        add(cur .. ':available', tonumber(available or 0))
+        add(cur .. ':held', tonumber(held or 0))
         add(cur .. ':cards', 1)
       end
     end
