@@ -15,6 +15,7 @@ function call writes a card together with its bucket's indexes, books and events
                                         nn from its first four digits; a new card's id starts with
                                         its code's bucket, so both are written by one call)
     gc:{b<bb>}:holds            zset    "<cardId>:<txId>" -> hold deadline (epoch ms, Redis clock):
+                                        the bucket's open holds (a card keeps no list of its own),
                                         the sweeper's work list, one small read per bucket
     gc:{b<bb>}:events           stream  the bucket's journal and outbox: one entry per money
                                         movement, status change, creation and import (events.py)
@@ -49,7 +50,6 @@ A card hash's fields (short names: each byte is paid once per card; records.py r
                                                                    default: ro 0, mr 1, mc 1)
     l4 tk        the code's last 4, redemption token  lim          balance limit (minor units)
     seq          events written for the card          od cr ntx    open Debits, Credits, transactions
-    ho           ids of the Debits still holding money, space-separated
     x:<n>        the id of the card's n-th transaction (n from 1: the order of the transaction list)
     t:<tx>       Debit  "D|value|dateMs|deadlineMs|held|settled|released|refunded|records"
                  Credit "C|value|dateMs|settled|cancelled|records"

@@ -150,7 +150,6 @@ class V1Card:
                 )
             )
             transactions.append((_v1_transaction(tx_id, _pairs(flat_tx), records), records))
-        holding = tuple(tx.id for tx, _ in transactions if tx.debit and tx.held > 0)
         status_changed = f.get("statusChangedMs", "")
         card = Card(
             id=card_id,
@@ -179,7 +178,6 @@ class V1Card:
             open_debits=int(f.get("openDebits", 0)),
             credits=int(f.get("credits", 0)),
             transactions=len(transactions),
-            holding=holding,
         )
         return cls(card, f.get("codeDigest", ""), transactions, _pairs(flat_requests))
 

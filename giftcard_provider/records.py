@@ -18,7 +18,7 @@ from dataclasses import dataclass
 # The card's own fields as gc_read_card returns them (ledger.lua: CARD_FIELDS, same order).
 CARD_FIELDS = (
     "cur", "exp", "av", "hd", "st", "sr", "sc", "own", "rel", "cap", "ro", "mr", "mc",
-    "at", "from", "to", "l4", "tk", "lim", "seq", "od", "cr", "ntx", "ho", "mv",
+    "at", "from", "to", "l4", "tk", "lim", "seq", "od", "cr", "ntx", "mv",
 )  # fmt: skip
 
 
@@ -57,7 +57,6 @@ class Card:
     open_debits: int = 0  # Debits not yet released or refunded in full (multipleRedemptions)
     credits: int = 0
     transactions: int = 0
-    holding: tuple[str, ...] = ()  # ids of the Debits still holding money
     moving: bool = False  # marked by a later layout's migration: this release changes nothing on it
 
     @classmethod
@@ -89,7 +88,6 @@ class Card:
             open_debits=_int(fields, "od"),
             credits=_int(fields, "cr"),
             transactions=_int(fields, "ntx"),
-            holding=tuple(fields.get("ho", "").split()),
             moving=fields.get("mv", "") != "",
         )
 
@@ -112,8 +110,6 @@ class Card:
             fields["sr"] = self.status_reason
         if self.status_changed_ms is not None:
             fields["sc"] = str(self.status_changed_ms)
-        if self.holding:
-            fields["ho"] = " ".join(self.holding)
         if self.moving:
             fields["mv"] = "1"
         return fields
@@ -417,7 +413,7 @@ class LedgerSnapshot:
 
     card: Card
     order: list[str]  # transaction ids by x:<n>, oldest first ("" where a number is missing)
-    hold_scores: dict[str, int | None]  # each open hold's deadline in the bucket's holds (None: absent)
+    hold_scores: dict[str, int | None]  # each Debit's deadline in the bucket's holds (None: no entry)
     requests: dict[str, str]  # requestId -> the id of the transaction it made
     transactions: dict[str, TransactionSnapshot]
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from giftcard_provider import create_app
+from giftcard_provider.keys import hold_member
 
 from .conftest import APP_KEY, APP_TOKEN, make_settings
 from .hub import Hub, body
@@ -228,3 +229,30 @@ def test_the_bucket_sweeper_releases_every_due_hold_in_batches(hub, store):
     assert [r["value"] for r in cancellations(hub, card["id"], txs[0])] == [1]
     assert hub.balance(card["id"]) == 299
     ok(hub.settle(card["id"], young, Decimal("1")))
+
+
+def test_a_card_keeps_its_open_holds_in_the_bucket_only(hub, store):
+    """A card's open holds are its entries in the bucket's holds: a Debit adds one, its settlement takes
+    it away, and verify reports an entry that disagrees with the transaction either way."""
+    from giftcard_provider.verify import verify_card
+
+    card = hub.funded_card(Decimal("10"), currencyCode="BRL")
+    settled, held = hub.debit(card["id"], Decimal("4")), hub.debit(card["id"], Decimal("1"))
+    ok(hub.settle(card["id"], settled, Decimal("4")))
+    assert holds_of(store, card["id"]) == {held: stored_transaction(store, card["id"], held).hold_deadline_ms}
+    assert verify_card(store.redis, store.keys, card["id"]) == []
+
+    deadline = stored_transaction(store, card["id"], held).hold_deadline_ms
+    set_hold_entry(store, card["id"], settled, 5)  # a closed Debit listed again
+    store.redis.zrem(store.keys.holds(card["id"][:2]), hold_member(card["id"], held))  # an open one unlisted
+    problems = verify_card(store.redis, store.keys, card["id"])
+    assert sorted(problems) == sorted(
+        [
+            f"card {card['id']}: transaction {settled}: closed hold left in the bucket's hold deadlines (deadline 5)",
+            f"card {card['id']}: transaction {held}: hold missing from the bucket's hold deadlines "
+            f"(found None, deadline {deadline})",
+        ]
+    )
+    store.redis.zrem(store.keys.holds(card["id"][:2]), hold_member(card["id"], settled))  # put both back
+    set_hold_entry(store, card["id"], held, deadline)
+    assert verify_card(store.redis, store.keys, card["id"]) == []

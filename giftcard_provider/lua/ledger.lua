@@ -147,24 +147,10 @@ local function event(c, kind, tx_id, ref, amount)
   return seq
 end
 
--- The card's Debits still holding money (field ho), as a list of ids.
-local function open_holds(c)
-  local ho = redis.call('HGET', c.key, 'ho')
-  if not ho or ho == '' then return {} end
-  return split(ho, ' ')
-end
-
--- Take a Debit off the card's open holds and its bucket's holds. `ho` is cut with
--- string.find, not split: a card with thousands of open holds pays a memchr, not a Lua loop.
+-- A card's open holds are its entries in the bucket's holds ("<cardId>:<txId>" by deadline),
+-- and nothing in the card's own hash: adding or dropping one costs the same on a card holding
+-- thousands (a list kept in one field would be rewritten whole every time).
 local function drop_hold(c, tx_id)
-  local padded, needle = ' ' .. (redis.call('HGET', c.key, 'ho') or '') .. ' ', ' ' .. tx_id .. ' '
-  local at = string.find(padded, needle, 1, true)
-  while at do
-    padded = string.sub(padded, 1, at) .. string.sub(padded, at + #needle)
-    at = string.find(padded, needle, at, true)
-  end
-  local kept = string.sub(padded, 2, -2)
-  if kept == '' then redis.call('HDEL', c.key, 'ho') else redis.call('HSET', c.key, 'ho', kept) end
   redis.call('ZREM', c.holds, c.id .. ':' .. tx_id)
 end
 
@@ -406,8 +392,6 @@ local function authorize(keys, args)
     move(c, -minor, minor)
     book(c, 'authorized', minor)
     redis.call('HINCRBY', c.key, 'od', 1)
-    local ho = redis.call('HGET', c.key, 'ho')
-    redis.call('HSET', c.key, 'ho', (ho and ho ~= '') and (ho .. ' ' .. tx_id) or tx_id)
     redis.call('ZADD', c.holds, int(t.deadline), c.id .. ':' .. tx_id)
     event(c, 'authorize', tx_id, tx_id, minor)
   else
@@ -602,7 +586,7 @@ end
 
 -- The card's own fields (not its transactions), in the order records.py reads them.
 local CARD_FIELDS = {'cur', 'exp', 'av', 'hd', 'st', 'sr', 'sc', 'own', 'rel', 'cap', 'ro', 'mr', 'mc',
-  'at', 'from', 'to', 'l4', 'tk', 'lim', 'seq', 'od', 'cr', 'ntx', 'ho', 'mv'}
+  'at', 'from', 'to', 'l4', 'tk', 'lim', 'seq', 'od', 'cr', 'ntx', 'mv'}
 
 --[[ gc_read_card (read-only): a card's own fields plus what its expired holds will give back
 KEYS[1] card; KEYS[2] the bucket's holds (derived from KEYS[1] if left out: the same slot)
@@ -668,16 +652,20 @@ end
 --[[ gc_read_ledger (read-only): everything verify checks about one card, read at one instant
 KEYS[1] card; KEYS[2] the bucket's holds
 Returns {"ok", fields, holdScores} | {"not_found"}: every field of the card hash (a flat
-field/value array) and, for each hold entry the card's open holds name, its deadline or "".
+field/value array) and, for each of the card's Debits (t:<tx> "D|..."), its entry's deadline in
+the bucket's holds or "" (a flat txId/deadline array).
 --]]
 local function read_ledger(keys, args)
   local c = open_card(keys)
   local fields = redis.call('HGETALL', c.key)
   if #fields == 0 then return {'not_found'} end
   local scores = {}
-  for _, tx_id in ipairs(open_holds(c)) do
-    scores[#scores + 1] = tx_id
-    scores[#scores + 1] = redis.call('ZSCORE', keys[2], c.id .. ':' .. tx_id) or ''
+  for i = 1, #fields, 2 do
+    local tx_id = string.match(fields[i], '^t:(.+)$')
+    if tx_id and string.sub(fields[i + 1], 1, 2) == 'D|' then
+      scores[#scores + 1] = tx_id
+      scores[#scores + 1] = redis.call('ZSCORE', keys[2], c.id .. ':' .. tx_id) or ''
+    end
   end
   return {'ok', fields, scores}
 end
