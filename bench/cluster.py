@@ -23,9 +23,9 @@ whose keys live on several nodes is one read event on each node it touches
 (redis-py writes to all of them first, then reads their replies, so it still
 costs about one round trip of latency).
 
-After the load, every card on each backend is verified from its journal and
-its code and owner indexes (giftcard_provider.verify.verify_all, by SCAN over
-every primary on the cluster), and the result is printed.
+After the load, every card on each backend is verified from its events, its
+code and owner indexes and the books (giftcard_provider.verify.verify_all: the
+buckets' card lists, no SCAN), and the result is printed.
 
 What to expect on a small machine: this is about the cluster path working under
 real concurrency and what it costs per request, not a speed-up. On 2 cores,
@@ -188,7 +188,7 @@ def run(args) -> list[str]:
         rows = [load_row(results[b.label, label]) for label in SCENARIOS for b in backends]
         say(table(load_headers(False), rows))
         say("('redis CPU us/req' on the cluster is the sum over its 3 redis-server processes.)")
-        say("\nverifying every card from its journal and indexes ...")
+        say("\nverifying every card from its events, its indexes and the books ...")
         verified = {}
         for b in backends:
             checked, problems = verify_all(b.store.redis, b.store.keys)

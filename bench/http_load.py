@@ -16,7 +16,7 @@ more than 15% the machine was noisy and the script says so.
 Debits are 0.01 on cards holding 100,000.00, spread over --cards cards, each
 with a unique requestId; settlements are 0.01 each, rotating over --debits
 pre-created Debits of 1,000.00 (a settlement caps at what the Debit holds).
-Afterwards every card is verified from its journal (giftcard_provider.verify),
+Afterwards every card is verified from its events (giftcard_provider.verify),
 and the hot card's balance must equal its credit minus 0.01 per Debit recorded.
 """
 
@@ -141,10 +141,9 @@ def run(args) -> list[str]:
             base = results[0]
             say(table(load_headers(True), [load_row(r, base.rps) for r in results]))
             summary += judge(w, results, args.connections)
-        say("\nverifying every card from its journal ...")
+        say("\nverifying every card from its events ...")
         checked, problems = verify_all(store.redis, store.keys)
-        hot_txs = store.redis.llen(store.keys.transactions(hot.id))
-        debits = hot_txs - 1  # the seed Credit
+        debits = store.card(hot.id).transactions - 1  # the seed Credit
         expected = Decimal(HOT_BALANCE) - Decimal(str(DEBIT)) * debits
         balance = store.card(hot.id).balance / Decimal(100)
         exact = balance == expected and not verify_card(store.redis, store.keys, hot.id)

@@ -1,26 +1,34 @@
-"""Redis round trips and commands per request, for every endpoint, counted by Redis itself.
+"""Redis round trips and commands per request, for every endpoint, on one Redis and on a Redis Cluster.
 
-    python -m bench.round_trips [--requests 200]
+    python -m bench.round_trips [--requests 200] [--backends single,cluster]
 
 The app (create_app, production settings) runs in this process behind Flask's
-test client, on a private redis-server; the request path is the same code
-gunicorn runs. Around N requests of one endpoint the script reads, from Redis:
+test client, on a private redis-server and then on a local 3-primary Redis
+Cluster (REDIS_CLUSTER=1); the request path is the same code gunicorn runs.
+Around N requests of one endpoint the script counts:
 
-* INFO stats `total_reads_processed`: read events on client sockets. One
-  command or one pipeline sent at once is one read event: one round trip.
+* client calls: each command the app's Redis client sends on its own, and each
+  pipeline it executes, is one round trip of latency (a cluster pipeline whose
+  keys live on several nodes is written to all of them, then read: still one).
+  Counted in process, by wrapping redis-py's execute_command and Pipeline.execute.
+* INFO stats `total_reads_processed`, summed over the nodes: read events on
+  client sockets. One command or one pipeline received by one node is one read
+  event, so on a cluster a pipeline reaching three nodes is three.
 * INFO commandstats `calls`: every command executed, including the ones a
   function (FCALL) runs inside Redis.
-* MONITOR: which of those commands the client sent (shown as `[0 127.0.0.1:port]`)
-  and which ran inside a function (`[0 lua]`).
+* MONITOR (on every node): which of those commands the client sent and which
+  ran inside a function (`[0 lua]`).
 
-Targets: one round trip per write, except card creation: two (the card, then its
-code and owner indexes, which on a Redis Cluster live in other slots; see
+Targets: one round trip per write, except card creation: two (the card with its
+bucket's card list, code index, books and event in one FCALL, then the owner
+index, which lives in another slot, with the layout marker; see
 LedgerStore.create_card); at most two per read.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import logging
 import time
@@ -28,11 +36,15 @@ from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
 
+import redis
+from redis.cluster import ClusterPipeline, RedisCluster
+
 from giftcard_provider import create_app
 from giftcard_provider.money import Amount
 
 from .common import (
     AUTH,
+    Cluster,
     RedisServer,
     card_args,
     json_body,
@@ -60,8 +72,14 @@ class Endpoint:
         return self.target if self.target is not None else (1 if self.kind == "write" else 2)
 
 
+BACKENDS = ("single", "cluster")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=200, help="requests per endpoint (default 200)")
+    parser.add_argument(
+        "--backends", default=",".join(BACKENDS), help="single (one redis-server), cluster (3 primaries), or both"
+    )
 
 
 def endpoints(store, n: int) -> list[Endpoint]:
@@ -93,7 +111,7 @@ def endpoints(store, n: int) -> list[Endpoint]:
     tx_path = lambda i: f"/giftcards/{pair(i)[0].id}/transactions/{pair(i)[1]}"  # noqa: E731
     op_body = lambda: json_body(value=0.01, requestId=rid())  # noqa: E731
     return [
-        # The card (one FCALL), then its code and owner indexes (one pipeline): 2 round trips.
+        # The card with its bucket's keys (one FCALL), then the owner index and the layout marker: 2 round trips.
         Endpoint("POST /giftcards (create)", "write", lambda i: ("POST", "/giftcards", card_body, {}), target=2),
         Endpoint(
             "POST transactions (Debit)",
@@ -140,13 +158,73 @@ def _amount(value: str) -> Amount:
     return Amount.from_decimal(Decimal(value))
 
 
-def _stats(client) -> tuple[dict, int]:
-    info = client.info("all")
-    calls = {k[len("cmdstat_") :]: v for k, v in info.items() if k.startswith("cmdstat_")}
-    return calls, int(info["total_reads_processed"])
+class CallCounter:
+    """Round trips of latency made by Redis clients in this process: every command sent on its own
+    (Redis.execute_command, RedisCluster.execute_command) and every pipeline executed."""
+
+    def __init__(self):
+        self.calls = 0
+        self.on = False
+
+    @contextlib.contextmanager
+    def installed(self):
+        patched = [
+            (redis.Redis, "execute_command"),
+            (redis.client.Pipeline, "execute"),
+            (RedisCluster, "execute_command"),
+            (ClusterPipeline, "execute"),
+        ]
+        originals = [(cls, name, cls.__dict__[name]) for cls, name in patched]
+        for cls, name, original in originals:
+            setattr(cls, name, self._counted(original))
+        try:
+            yield self
+        finally:
+            for cls, name, original in originals:
+                setattr(cls, name, original)
+
+    def _counted(self, original):
+        counter = self
+
+        def wrapper(*args, **kwargs):
+            if counter.on:
+                counter.calls += 1
+            return original(*args, **kwargs)
+
+        return wrapper
 
 
-def measure(http, stats, monitor_client, ep: Endpoint, n: int) -> list:
+@dataclass
+class Nodes:
+    """Plain clients on every node (one for a single server): INFO, ECHO and MONITOR."""
+
+    stats: list
+    monitors: list
+
+    @classmethod
+    def of(cls, ports: list[int]) -> Nodes:
+        client = lambda port: redis.Redis(port=port, decode_responses=True, socket_timeout=30)  # noqa: E731
+        return cls([client(p) for p in ports], [client(p) for p in ports])
+
+    def counters(self) -> tuple[dict, int]:
+        calls: Counter = Counter()
+        usec: Counter = Counter()
+        reads = 0
+        for client in self.stats:
+            info = client.info("all")
+            for k, v in info.items():
+                if k.startswith("cmdstat_"):
+                    calls[k[len("cmdstat_") :]] += v["calls"]
+                    usec[k[len("cmdstat_") :]] += v["usec"]
+            reads += int(info["total_reads_processed"])
+        return {k: (calls[k], usec[k]) for k in calls}, reads
+
+    def close(self) -> None:
+        for client in self.stats + self.monitors:
+            client.close()
+
+
+def measure(http, nodes: Nodes, counter: CallCounter, ep: Endpoint, n: int) -> list:
     def send(i):
         method, path, body, headers = ep.request(i)
         response = http.open(
@@ -154,33 +232,42 @@ def measure(http, stats, monitor_client, ep: Endpoint, n: int) -> list:
         )
         assert response.status_code == ep.status, (ep.label, response.status_code, response.get_data(as_text=True))
 
-    send(10**6)  # warm: connection open, lazy imports
-    stats.ping()  # this script's own connection is open before counting starts
+    for i in range(3):  # warm: connections open (to every node of a cluster), lazy imports
+        send(10**6 + i)
+    for client in nodes.stats:
+        client.ping()  # this script's own connections are open before counting starts
     sentinel = f"bench-end-{time.monotonic_ns()}"
-    with monitor_client.monitor() as monitor:
-        calls0, reads0 = _stats(stats)
+    with contextlib.ExitStack() as stack:
+        monitors = [stack.enter_context(m.monitor()) for m in nodes.monitors]
+        calls0, reads0 = nodes.counters()
+        counter.calls, counter.on = 0, True
         started = time.process_time()
         for i in range(n):
             send(i)
         elapsed = time.process_time() - started
-        stats.echo(sentinel)
-        calls1, reads1 = _stats(stats)
+        counter.on = False
+        for client in nodes.stats:
+            client.echo(sentinel)
+        calls1, reads1 = nodes.counters()
         sent, inside = Counter(), Counter()
-        while True:
-            line = monitor.next_command()
-            words = line["command"].split(" ")
-            name = words[0].lower()
-            if name == "echo" and sentinel in line["command"]:
-                break
-            if name in IGNORED:
-                continue
-            if line["client_type"] == "lua":
-                inside[name] += 1
-            else:
-                sent[f"{name} {words[1]}" if name.startswith("fcall") else name] += 1
-    trips = (reads1 - reads0 - 2) / n  # minus this script's ECHO and second INFO
+        for monitor in monitors:
+            while True:
+                line = monitor.next_command()
+                words = line["command"].split(" ")
+                name = words[0].lower()
+                if name == "echo" and sentinel in line["command"]:
+                    break
+                if name in IGNORED:
+                    continue
+                if line["client_type"] == "lua":
+                    inside[name] += 1
+                else:
+                    sent[f"{name} {words[1].rsplit('_', 1)[0]}" if name.startswith("fcall") else name] += 1
+    nodes_n = len(nodes.stats)
+    # Minus this script's own: the first INFO on each node, then its ECHO and its second INFO.
+    reads = (reads1 - reads0 - 2 * nodes_n) / n
     executed = {
-        k: (v["calls"] - calls0.get(k, {}).get("calls", 0), v["usec"] - calls0.get(k, {}).get("usec", 0))
+        k: (v[0] - calls0.get(k, (0, 0))[0], v[1] - calls0.get(k, (0, 0))[1])
         for k, v in calls1.items()
         if k not in IGNORED
     }
@@ -193,11 +280,13 @@ def measure(http, stats, monitor_client, ep: Endpoint, n: int) -> list:
         elif count:
             client_sent = sum(v for k, v in sent.items() if k == name)
             server_us += usec * client_sent / count
+    trips = counter.calls / n
     target = ep.trips_allowed
     return [
         ep.label,
         f"{trips:.2f}",
         f"<= {target}: met" if trips <= target + 0.01 else f"<= {target}: MISSED",
+        f"{reads:.2f}",
         ", ".join(f"{k} x{v / n:g}" for k, v in sorted(sent.items())),
         f"{sum(inside.values()) / n:.1f}",
         f"{all_cmds:.1f}",
@@ -208,8 +297,9 @@ def measure(http, stats, monitor_client, ep: Endpoint, n: int) -> list:
 
 HEADERS = [
     "endpoint",
-    "round trips/req",
+    "round trips/req (client calls)",
     "target",
+    "read events/req (all nodes)",
     "commands sent by the app (per req)",
     "inside functions/req",
     "commandstats calls/req",
@@ -218,29 +308,41 @@ HEADERS = [
 ]
 
 
-def run(args) -> list[str]:
-    say("## Redis round trips per request (INFO stats + commandstats + MONITOR deltas)")
-    say(machine_note())
-    with RedisServer() as server:
-        store = ledger_for(server.url)
+def run_backend(backend: str, args, counter: CallCounter) -> list[list]:
+    cluster = backend == "cluster"
+    with Cluster(primaries=3) if cluster else RedisServer() as server:
+        store = ledger_for(server.url, cluster)
         eps = endpoints(store, args.requests)
-        app = create_app(settings_for(server.url))
+        app = create_app(settings_for(server.url, cluster))
         logging.getLogger("giftcard_provider").setLevel(logging.WARNING)  # the request log: stdout under gunicorn
         http = app.test_client()
-        stats, monitor_client = server.client(), server.client()
-        rows = [measure(http, stats, monitor_client, ep, args.requests) for ep in eps]
-    say(
-        f"\n{args.requests} requests per endpoint; target: 1 round trip per write (2 for card creation: "
-        "card, then its indexes), <= 2 per read."
-    )
-    say("'app CPU us/req': CPU time of this process per request (Flask's test client + the app, request log off).")
-    say(table(HEADERS, rows))
-    missed = [r[0] for r in rows if not r[2].endswith(": met")]
-    return [
-        "round trips: "
-        + ", ".join(f"{r[0]} {r[1]}" for r in rows)
-        + (f"; MISSED: {', '.join(missed)}" if missed else "; every endpoint within target")
-    ]
+        nodes = Nodes.of([node.port for node in server.nodes] if cluster else [server.port])
+        try:
+            return [measure(http, nodes, counter, ep, args.requests) for ep in eps]
+        finally:
+            nodes.close()
+
+
+def run(args) -> list[str]:
+    say("## Redis round trips per request (client calls, INFO stats + commandstats + MONITOR deltas)")
+    say(machine_note())
+    backends = [b.strip() for b in getattr(args, "backends", "single").split(",") if b.strip()]
+    summary = []
+    with CallCounter().installed() as counter:
+        for backend in backends:
+            label = "one redis-server" if backend == "single" else "a local Redis Cluster of 3 primaries"
+            rows = run_backend(backend, args, counter)
+            say(f"\n### {label}: {args.requests} requests per endpoint")
+            say("target: 1 round trip per write (2 for card creation: the card, then its owner index), <= 2 per read.")
+            say("'app CPU us/req': CPU time of this process per request (Flask's test client + the app, log off).")
+            say(table(HEADERS, rows))
+            missed = [r[0] for r in rows if not r[2].endswith(": met")]
+            summary.append(
+                f"round trips ({backend}): "
+                + ", ".join(f"{r[0]} {r[1]} ({r[3]} read events)" for r in rows)
+                + (f"; MISSED: {', '.join(missed)}" if missed else "; every endpoint within target")
+            )
+    return summary
 
 
 def main() -> None:

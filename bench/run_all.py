@@ -2,10 +2,13 @@
 
     bench/run_all.sh [--workers 2,4] [--seconds 6] [--cards 100000] [--txs 10000] [--only http,scaling]
 
-Parts: round_trips (Redis round trips per request, every endpoint), http
-(throughput and latency against the baseline, hot card), scaling (many cards,
-many transactions, memory), cluster (the same load on one redis-server and on a
-local 3-primary Redis Cluster). Each part can also run alone: python -m bench.<module>.
+Parts: round_trips (Redis round trips per request, every endpoint, on one
+redis-server and on a local Redis Cluster), http (throughput and latency against
+the baseline, hot card), scaling (many cards, many transactions, memory, the
+liability report at 1k and --cards cards), keyspace (the sweeper, verify and
+export beside 9k and 1M other keys; `python -m bench.keyspace` adds 5M), cluster
+(the same load on one redis-server and on a local 3-primary Redis Cluster). Each
+part can also run alone: python -m bench.<module>.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import cluster, http_load, round_trips, scaling
+from . import cluster, http_load, keyspace, round_trips, scaling
 from .common import machine_note, say, wait_for_quiet
 
-PARTS = {"round_trips": round_trips, "http": http_load, "scaling": scaling, "cluster": cluster}
+PARTS = {"round_trips": round_trips, "http": http_load, "scaling": scaling, "keyspace": keyspace, "cluster": cluster}
 
 
 def main() -> None:
@@ -40,18 +43,20 @@ def main() -> None:
     )
     args = parser.parse_args()
     # Defaults the parts expect but run_all does not expose.
-    args.debits, args.no_hot, args.batch = 2000, False, 1000
+    args.debits, args.no_hot, args.batch, args.backends = 2000, False, 1000, "single,cluster"
     http_args = argparse.Namespace(**{**vars(args), "cards": 1000})
     scaling_args = argparse.Namespace(**{**vars(args), "workers": args.scaling_workers, "warmup": 1})
     first_workers = int(str(args.workers).split(",")[0])
     cluster_args = argparse.Namespace(**{**vars(args), "workers": first_workers, "cards": 1000, "warmup": 1})
+    keyspace_args = argparse.Namespace(cards=1000, other_keys=keyspace.QUICK_SIZES, quick=True, due=0.1)
     if args.wait_quiet:
         wait_for_quiet(args.wait_quiet)
     started = time.monotonic()
     summary = []
     for name in args.only.split(","):
         part = PARTS[name]
-        part_args = {"http": http_args, "scaling": scaling_args, "cluster": cluster_args}.get(name, args)
+        part_args = {"http": http_args, "scaling": scaling_args, "cluster": cluster_args, "keyspace": keyspace_args}
+        part_args = part_args.get(name, args)
         summary += [f"[{name}] {line}" for line in part.run(part_args)]
         say("")
     say("## Summary")

@@ -186,7 +186,8 @@ class LedgerStore:
     def card(self, card_id: str) -> Card | None:
         if not is_valid_card_id(card_id):
             return None
-        return card_from_read(card_id, self._fcall("gc_read_card", [self.keys.card(card_id)], [], readonly=True))
+        keys = [self.keys.card(card_id), self.keys.holds(card_id[:2])]
+        return card_from_read(card_id, self._fcall("gc_read_card", keys, [], readonly=True))
 
     def find_by_code(self, code: str) -> Card | None:
         """The card a redemption code names, or None. Two round trips: index, then card."""
@@ -234,7 +235,9 @@ class LedgerStore:
         )
         read_card = self.library.function("gc_read_card")
         replies = self._with_library(
-            lambda: self._pipeline(lambda pipe: [pipe.fcall_ro(read_card, 1, self.keys.card(i)) for i in ids])
+            lambda: self._pipeline(
+                lambda pipe: [pipe.fcall_ro(read_card, 2, self.keys.card(i), self.keys.holds(i[:2])) for i in ids]
+            )
         )
         cards = [card_from_read(i, r) for i, r in zip(ids, replies, strict=True)]
         return sorted((c for c in cards if c), key=lambda c: c.created_ms)
