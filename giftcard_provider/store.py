@@ -307,7 +307,9 @@ class LedgerStore:
 
     def card_ids(self) -> Iterator[str]:
         """Every card id, bucket by bucket, from the buckets' card lists (no walk of the keyspace)."""
-        for bucket in buckets():
+        with translated_errors():
+            used = verify.used_buckets(self.redis, self.keys)
+        for bucket in used:
             lists = self._pipeline(lambda pipe, b=bucket: [pipe.hkeys(k) for k in self.keys.card_lists(b)])
             yield from sorted(card_id for ids in lists for card_id in ids)
 
