@@ -3,10 +3,12 @@
     python -m bench.profile_endpoint debit [--requests 2000] [--no-tree]
 
 Scenarios: baseline (bench/baseline_app.py's PING endpoint), debit, get-card,
-search, settlement. The app is create_app() with the production settings on a
-private redis-server, called as a WSGI app the way gunicorn's sync worker
-calls it (no HTTP parsing, no sockets other than Redis's), with its request log silenced (it goes to gunicorn's
-stdout in production: --keep-log keeps it).
+search, settlement, transactions-page (GET the transaction list of a card with 1,000
+transactions: the default page when the Hub sends no REST-Range). The app is
+create_app() with the production settings on a private redis-server, called as a
+WSGI app the way gunicorn's sync worker calls it (no HTTP parsing, no sockets
+other than Redis's), with its request log silenced (it goes to gunicorn's stdout
+in production: --keep-log keeps it).
 
 It prints the CPU time per request of this process (time.process_time, which
 other people's load on the machine does not inflate the way it inflates wall
@@ -29,7 +31,7 @@ from giftcard_provider.money import Amount
 
 from .common import AUTH, ROOT, RedisServer, app_env, json_body, ledger_for, say, seed_cards, settings_for
 
-SCENARIOS = ("baseline", "debit", "get-card", "search", "settlement")
+SCENARIOS = ("baseline", "debit", "get-card", "search", "settlement", "transactions-page")
 
 
 def main() -> None:
@@ -41,7 +43,10 @@ def main() -> None:
     args = parser.parse_args()
     with RedisServer() as server:
         store = ledger_for(server.url)
-        cards = seed_cards(store, 100, debits_each=1)
+        if args.scenario == "transactions-page":  # one card, 1,000 Debits: a full default page
+            cards = seed_cards(store, 1, debits_each=1000, debit="1")
+        else:
+            cards = seed_cards(store, 100, debits_each=1)
         if args.scenario == "baseline":
             os.environ.update(app_env(server.url))
             # Imported only now: bench.baseline_app builds its app at import time from the process
@@ -161,6 +166,9 @@ def scenario(name: str, call: Wsgi, store, cards):
 
     if name == "baseline":
         return lambda: call("GET", "/ping"), None
+    if name == "transactions-page":
+        card = cards[0]
+        return lambda: call("GET", f"/giftcards/{card.id}/transactions"), lambda: store.transaction_ids(card.id, 0, 999)
     if name == "get-card":
         return lambda: call("GET", f"/giftcards/{next(cycle).id}"), lambda: store.card(next(cycle).id)
     if name == "search":

@@ -16,6 +16,11 @@ class Links:
     def transaction(self, card_id: str, tx_id: str) -> str:
         return f"{self.transactions(card_id)}/{tx_id}"
 
+    def transaction_each(self, card_id: str, tx_ids: list[str]) -> list[str]:
+        """transaction() of each id, for a page of up to 1,000 (the prefix built once)."""
+        base = self.transactions(card_id)
+        return [f"{base}/{tx_id}" for tx_id in tx_ids]
+
     def settlements(self, card_id: str, tx_id: str) -> str:
         return f"{self.transaction(card_id, tx_id)}/settlements"
 
