@@ -23,8 +23,9 @@ from .ledger_library import Library
 log = logging.getLogger(__name__)
 
 # The layout of keys this release reads and writes (keys.py), as recorded in the store's layout key.
-# A store of the previous layout (v1: no marker, v1 keys) is refused until `flask cards migrate` has
-# moved it (the Procfile's release phase runs it before a new release serves); so is one that is
+# An empty Redis is marked with it on first use. Any other store without the marker (one of the
+# previous layout, v1, which had none) is refused until `flask cards migrate` has moved or marked it
+# (the Procfile's release phase runs it before a new release serves); so is one that is
 # half-migrated ("migrating:...") or that a later release has migrated further.
 LAYOUT = "v2"
 
@@ -35,7 +36,8 @@ def layout_refusal(layout: str | None) -> StoreUnavailable | None:
         return None
     if layout is None:
         return StoreUnavailable(
-            "Redis holds a ledger of layout v1: run `flask cards migrate` (the release phase does) to move it to v2",
+            "Redis holds keys but no ledger layout (a ledger of layout v1?): run `flask cards migrate` "
+            "(the release phase does) to move it to v2",
             code="layout_unmigrated",
         )
     if layout.startswith("migrating"):
@@ -50,10 +52,9 @@ def layout_refusal(layout: str | None) -> StoreUnavailable | None:
     )
 
 
-def v1_card_present(client: redis.Redis | RedisCluster, pattern: str) -> bool:
-    """Whether any v1 card key exists. A SCAN, stopped at the first match: on a v1 store that is a
-    few pages; the whole keyspace only where no v1 card exists, once, before the store is marked v2."""
-    return next(iter(client.scan_iter(match=pattern, count=1000)), None) is not None
+def _key_count(client) -> int:
+    """DBSIZE; on a cluster summed over every primary (redis-py asks one node unless told)."""
+    return client.dbsize(target_nodes=RedisCluster.PRIMARIES) if is_cluster(client) else client.dbsize()
 
 
 @contextlib.contextmanager
@@ -75,17 +76,11 @@ class LedgerCalls:
     """
 
     def __init__(
-        self,
-        client: redis.Redis | RedisCluster | None,
-        settings: Settings,
-        library: Library,
-        layout_key: str,
-        v1_card_pattern: str,
+        self, client: redis.Redis | RedisCluster | None, settings: Settings, library: Library, layout_key: str
     ):
         self._client = use_local_fcall_keys(client) if is_cluster(client) else client
         self._connecting = threading.Lock()
         self.layout_key = layout_key
-        self.v1_card_pattern = v1_card_pattern
         self._layout_checked = False
         self._layout_logged = False
         self.settings = settings
@@ -116,10 +111,10 @@ class LedgerCalls:
         return self._client
 
     def _check_layout(self, client) -> None:
-        """Until it passes once in a process: the store must hold a layout this release serves. A store
-        with no marker and no v1 card is new: it is marked v2 here (SET NX, so that a migration that
-        marked it first wins). (A later migration that finishes after this check is met by card
-        creation, which reads the marker again, and by ledger.lua's refusal of marked cards.)"""
+        """Until it passes once in a process: the store must hold a layout this release serves. An empty
+        store is new: it is marked v2 here (see `refusal`). (A later migration that finishes after this
+        check is met by card creation, which reads the marker again, and by ledger.lua's refusal of
+        marked cards.)"""
         with translated_errors():
             layout = client.get(self.layout_key)
             refusal = self.refusal(client, layout)
@@ -131,12 +126,17 @@ class LedgerCalls:
         self._layout_checked = True
 
     def refusal(self, client, layout: str | None) -> StoreUnavailable | None:
-        """layout_refusal, except that a store with no marker and no v1 card (new, or flushed) is
-        marked v2 first (SET NX: a migration that marked it first wins)."""
-        if layout is None and not v1_card_present(client, self.v1_card_pattern):
-            client.set(self.layout_key, LAYOUT, nx=True)
-            layout = client.get(self.layout_key)
+        """layout_refusal, except that an empty Redis (DBSIZE 0, O(1)) is new: it is marked v2 first
+        (SET NX: a migration that marked it first wins). Telling a v1 store from one that only holds
+        other keys would take a walk of the keyspace: that is `flask cards migrate`'s."""
+        if layout is None and _key_count(client) == 0:
+            layout = self.mark_new_store(client)
         return layout_refusal(layout)
+
+    def mark_new_store(self, client) -> str | None:
+        """Mark the store v2 unless a marker is there already; returns the marker now."""
+        client.set(self.layout_key, LAYOUT, nx=True)
+        return client.get(self.layout_key)
 
     @property
     def cluster(self) -> bool:

@@ -18,7 +18,7 @@ from . import events, observability, verify
 from .codes import CodeHasher, new_code, new_id, new_short_id, new_token, normalise
 from .config import Settings
 from .errors import InvalidRequest, NotFound, ProviderError, raise_for_reply
-from .keys import Keys, V1Keys, buckets, is_valid_card_id, is_valid_id, owner_member
+from .keys import Keys, buckets, is_valid_card_id, is_valid_id, owner_member
 from .ledger_calls import LedgerCalls, layout_refusal, translated_errors
 from .ledger_library import RELEASE, Library, installed_libraries, prune_libraries
 from .money import Amount, exponent_of
@@ -37,9 +37,7 @@ class LedgerStore:
 
     def __init__(self, client: redis.Redis | RedisCluster | None, settings: Settings, library: Library = RELEASE):
         self.keys = Keys(settings.key_prefix)
-        self.calls = LedgerCalls(
-            client, settings, library, self.keys.layout(), V1Keys(settings.key_prefix).all_cards_pattern()
-        )
+        self.calls = LedgerCalls(client, settings, library, self.keys.layout())
         self.hasher = CodeHasher(settings.code_hash_secret)
         self.settings = settings
         self._hold_ms = str(round(settings.hold_lifetime_seconds * 1000))
@@ -173,10 +171,12 @@ class LedgerStore:
         """
         owner_key, member = self.keys.owner_index(profile_id), owner_member(profile_id, card_id)
         _, layout = self._pipeline(lambda pipe: (pipe.zadd(owner_key, {member: 0}), pipe.get(self.calls.layout_key)))
-        if layout_refusal(layout) is None:
-            return
-        with translated_errors():
-            refusal = self.calls.refusal(self.redis, layout)  # no marker: a flushed store is marked again
+        if layout is None:
+            # The marker was lost since this process checked it (a flushed Redis: a v1 store was
+            # refused then), and the card just written is v2: mark the store again.
+            with translated_errors():
+                layout = self.calls.mark_new_store(self.redis)
+        refusal = layout_refusal(layout)
         if refusal is None:
             return
         self._pipeline(lambda pipe: pipe.zrem(owner_key, member))  # the index goes before the card it names
