@@ -39,7 +39,7 @@ from .identity import normalise as normalise_identity
 from .keys import is_valid_id
 from .money import Amount, UnknownCurrency, exponent_of
 from .observability import StdoutHandler
-from .records import EVENT_DELTAS, Card, JournalEntry, Transaction
+from .records import EVENT_DELTAS, Card, Event, Transaction
 from .store import LedgerStore
 
 _AMOUNT = re.compile(r"\d+(\.\d+)?")
@@ -236,7 +236,7 @@ def card_view(card: Card) -> dict:
     }
 
 
-def journal_view(card_id: str, currency: str, exponent: int, entry: JournalEntry) -> dict:
+def journal_view(card_id: str, currency: str, exponent: int, entry: Event) -> dict:
     """One journal entry for people and finance: amounts exact, in minor and in major units."""
     return {
         "cardId": card_id,
@@ -244,7 +244,7 @@ def journal_view(card_id: str, currency: str, exponent: int, entry: JournalEntry
         "seq": entry.seq,
         "entryId": entry.id,
         "at": iso_ms(entry.at_ms),
-        "kind": entry.kind,
+        "kind": entry.type,
         "transactionId": entry.tx_id,
         "ref": entry.ref,
         "amount": major(entry.amount, exponent),

@@ -60,14 +60,15 @@ def walk(client: redis.Redis, keys: Keys, start_ms: int | None = None, end_ms: i
     order; each bucket is read a page at a time, so memory stays at one page per bucket."""
     start = f"{start_ms}-0" if start_ms is not None else "-"
     end = f"({end_ms}-0" if end_ms is not None else "+"
+    return heapq.merge(*(bucket_log(client, keys, b, start, end) for b in buckets()), key=_stream_key)
 
-    def bucket_events(bucket: str):
-        key, first = keys.events(bucket), start
-        while page := client.xrange(key, first, end, count=PAGE):
-            yield from _events(bucket, page)
-            first = f"({page[-1][0]}"
 
-    return heapq.merge(*(bucket_events(b) for b in buckets()), key=_stream_key)
+def bucket_log(client: redis.Redis, keys: Keys, bucket: str, start: str = "-", end: str = "+"):
+    """One bucket's events from stream id `start` to `end` (XRANGE bounds), oldest first, a page at a time."""
+    key = keys.events(bucket)
+    while page := client.xrange(key, start, end, count=PAGE):
+        yield from _events(bucket, page)
+        start = f"({page[-1][0]}"
 
 
 def _events(bucket: str, page) -> list[Event]:

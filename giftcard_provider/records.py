@@ -316,15 +316,6 @@ class Event:
     def at_ms(self) -> int:
         return int(self.stream_id.split("-", 1)[0])
 
-    # The journal's historical names for the same facts (the CLI and export print them).
-    @property
-    def entry_id(self) -> str:
-        return self.stream_id
-
-    @property
-    def kind(self) -> str:
-        return self.type
-
     @classmethod
     def from_stream(cls, bucket: str, stream_id: str, fields: dict[str, str]) -> Event:
         return cls(
@@ -340,9 +331,6 @@ class Event:
             seq=int(fields["seq"]),
             currency=fields["currency"],
         )
-
-
-JournalEntry = Event  # a card's journal is its events
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 import redis
 
 from .connection import is_cluster
+from .events import bucket_log
 from .keys import Keys, buckets, owner_member
 from .ledger_library import RELEASE, Library
 from .records import EVENT_DELTAS, MARKER_EVENTS, Books, Event, LedgerSnapshot, TransactionSnapshot
 
 READ_BATCH = 200  # cards read per pipeline
-EVENT_PAGE = 5000
 
 
 @dataclass
@@ -187,13 +187,10 @@ def _read_ledgers(client, keys: Keys, function: str, ids: list[str]) -> list:
 def _bucket_events(client, keys: Keys, bucket: str) -> tuple[dict[str, list[Event]], int | None]:
     """The bucket's whole event log, per card, oldest first, and the time of its oldest event."""
     per_card: dict[str, list[Event]] = defaultdict(list)
-    start, oldest_ms = "-", None
-    while page := client.xrange(keys.events(bucket), start, "+", count=EVENT_PAGE):
-        for stream_id, fields in page:
-            event = Event.from_stream(bucket, stream_id, fields)
-            per_card[event.card_id].append(event)
-            oldest_ms = event.at_ms if oldest_ms is None else oldest_ms
-        start = f"({page[-1][0]}"
+    oldest_ms = None
+    for event in bucket_log(client, keys, bucket):
+        per_card[event.card_id].append(event)
+        oldest_ms = event.at_ms if oldest_ms is None else oldest_ms
     return per_card, oldest_ms
 
 
