@@ -308,10 +308,7 @@ class LedgerStore:
     def card_ids(self) -> Iterator[str]:
         """Every card id, bucket by bucket, from the buckets' card lists (no walk of the keyspace)."""
         with translated_errors():
-            used = verify.used_buckets(self.redis, self.keys)
-        for bucket in used:
-            lists = self._pipeline(lambda pipe, b=bucket: [pipe.hkeys(k) for k in self.keys.card_lists(b)])
-            yield from sorted(card_id for ids in lists for card_id in ids)
+            yield from verify.card_ids(self.redis, self.keys)
 
     def verify(self, card_id: str | None = None) -> verify.Report:
         """Recompute one card, or every card, its indexes and the books, from the event log (verify.py)."""
