@@ -295,68 +295,86 @@ def configure_logging(level: str) -> None:
     logger.setLevel(level.upper())
 
 
-def _request_id() -> str:
-    given = request.headers.get(REQUEST_ID_HEADER, "")
+def _request_id(req) -> str:
+    given = req.headers.get(REQUEST_ID_HEADER, "")
     return given if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-
-
-def _trace_header(name: str) -> str | None:
-    value = request.headers.get(name)
-    return value[:_MAX_TRACE_HEADER] if value else None
 
 
 def _start_request() -> None:
     g.request_started = time.perf_counter()
-    g.request_id = _request_id()
+    g.request_id = _request_id(request)
+
+
+# The metric children of each (method, route, status) seen: labels() validates and locks on every
+# call, and these hooks run on every request. The label values are bounded (see OTHER), so is this.
+_http_children: dict[tuple, tuple] = {}
+
+
+def _http_metrics(method: str, route: str, status: int):
+    key = (method, route, status)
+    children = _http_children.get(key)
+    if children is None:
+        children = _http_children[key] = (HTTP_REQUESTS.labels(*key), HTTP_LATENCY.labels(*key))
+    return children
 
 
 def _finish_request(response: Response) -> Response:
     """The request's log line and metrics. The answer is decided (a write may be committed): whatever
     fails here is logged and counted, and the response goes out as it is."""
     try:
-        elapsed = time.perf_counter() - (g.get("request_started") or time.perf_counter())
-        request_id = g.get("request_id") or _request_id()
+        # The request and g once each: every attribute read through their proxies costs a lookup.
+        req, context = request._get_current_object(), g._get_current_object()
+        started = getattr(context, "request_started", None)
+        elapsed = time.perf_counter() - started if started is not None else 0.0
+        request_id = getattr(context, "request_id", None) or _request_id(req)
         response.headers[REQUEST_ID_HEADER] = request_id
-        route = request.url_rule.rule if request.url_rule else "unmatched"  # a template: a fixed set
+        rule = req.url_rule
+        route = rule.rule if rule else "unmatched"  # a template: a fixed set
     except Exception:
         _hook_failed("request")
         return response
     try:
-        _log_request(response, request_id, route, elapsed)
+        _log_request(req, context, response, request_id, route, elapsed)
     except Exception:
         _hook_failed("request_log")
     try:
-        method, status = http_method_label(request.method), response.status_code
-        HTTP_REQUESTS.labels(method, route, status).inc()
-        HTTP_LATENCY.labels(method, route, status).observe(elapsed)
+        requests, latency = _http_metrics(http_method_label(req.method), route, response.status_code)
+        requests.inc()
+        latency.observe(elapsed)
     except Exception:
         _hook_failed("request_metrics")
     return response
 
 
-def _log_request(response: Response, request_id: str, route: str, elapsed: float) -> None:
+def _log_request(req, context, response: Response, request_id: str, route: str, elapsed: float) -> None:
+    level = logging.DEBUG if req.endpoint in QUIET_ENDPOINTS else logging.INFO
+    if not log.isEnabledFor(level):
+        return
     status = response.status_code
     fields = {
         "request_id": request_id,
-        "method": request.method,
+        "method": req.method,
         "route": route,
         "status": status,
         "duration_ms": round(elapsed * 1000, 3),
     }
-    for parameter, field in PATH_PARAMETERS.items():
-        if request.view_args and parameter in request.view_args:
-            fields[field] = request.view_args[parameter]
+    if view_args := req.view_args:
+        for parameter, field in PATH_PARAMETERS.items():
+            if parameter in view_args:
+                fields[field] = view_args[parameter]
+    headers = req.headers
     for header, field in (("x-vtex-operation-id", "vtex_operation_id"), ("traceparent", "traceparent")):
-        if value := _trace_header(header):
-            fields[field] = value
+        if value := headers.get(header):
+            fields[field] = value[:_MAX_TRACE_HEADER]
     if status >= 400 and response.is_json:
         body = response.get_json(silent=True)
         if isinstance(body, dict) and isinstance(body.get("code"), str):
             fields["error"] = body["code"]
-    if "code_lookup" in g:
-        fields["code_lookup"] = g.code_lookup
-    level = logging.DEBUG if request.endpoint in QUIET_ENDPOINTS else logging.INFO
-    log.log(level, "request", extra={"fields": fields})
+    if (code_lookup := getattr(context, "code_lookup", None)) is not None:
+        fields["code_lookup"] = code_lookup
+    # makeRecord + handle is what log.log() does, less its walk up the stack for the caller's file
+    # and line, which a request line does not carry.
+    log.handle(log.makeRecord(log.name, level, "", 0, "request", (), None, extra={"fields": fields}))
 
 
 def init_app(app: Flask, settings: Settings) -> None:

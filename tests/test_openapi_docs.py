@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -318,3 +319,51 @@ def test_swagger_ui_is_off_in_production_unless_asked_for(app_env, api_docs, ser
     with client.get("/docs/swagger-ui-bundle.js") as asset:
         assert (asset.status_code == 200) is served
     assert client.get("/openapi.json").status_code == 200  # the document itself is always served
+
+
+def test_answers_carry_exactly_what_our_document_declares(ours, hub):
+    """The views write their 200 bodies directly (blueprints.answer: no marshmallow dump on the way out),
+    so nothing but this test ties a body to the schema that documents it: every field a body carries is
+    declared, with its type, and every declared field is there (a string date, a number amount, an
+    object for a link)."""
+    card = hub.funded_card(Decimal("5"), profileId="owner@example.com")
+    tx = hub.debit(card["id"], Decimal("3"), rid="doc-debit")
+    hub.settle(card["id"], tx, Decimal("1"), rid="doc-settle")
+    hub.cancel(card["id"], tx, Decimal("0.5"), rid="doc-cancel")
+    base = f"/giftcards/{card['id']}/transactions/{tx}"
+    answers = [
+        ("/giftcards", "post", hub.post("/giftcards", {"relationName": "doc", "caption": "c", "profileId": "x@y.z"})),
+        ("/giftcards/_search", "post", hub.search(client={"email": "owner@example.com"})),
+        ("/giftcards/{giftCardId}", "get", hub.get(f"/giftcards/{card['id']}")),
+        ("/giftcards/{giftCardId}/transactions", "post", hub.transaction(card["id"], "Debit", Decimal("1"))),
+        ("/giftcards/{giftCardId}/transactions", "get", hub.get(f"/giftcards/{card['id']}/transactions")),
+        ("/giftcards/{giftCardId}/transactions/{transactionId}", "get", hub.get(base)),
+        ("/giftcards/{giftCardId}/transactions/{transactionId}/authorization", "get", hub.get(f"{base}/authorization")),
+        ("/giftcards/{giftCardId}/transactions/{tId}/settlements", "get", hub.get(f"{base}/settlements")),
+        ("/giftcards/{giftCardId}/transactions/{tId}/settlements", "post", hub.settle(card["id"], tx, Decimal("1"))),
+        ("/giftcards/{giftCardId}/transactions/{transactionId}/cancellations", "get", hub.get(f"{base}/cancellations")),
+        (
+            "/giftcards/{giftCardId}/transactions/{transactionId}/cancellations",
+            "post",
+            hub.cancel(card["id"], tx, Decimal("0.5")),
+        ),
+    ]
+    assert {(path, method) for path, method, _ in answers} == set(OPERATIONS)
+    json_types = {"string": str, "number": (int, Decimal), "integer": int, "boolean": bool, "object": dict}
+    for path, method, response in answers:
+        assert response.status_code == 200, (path, method, response.json)
+        schema = flatten(ours, json_schema(ours, ours["paths"][path][method]["responses"]["200"]))
+        documents = response.json if schema.get("type") == "array" else [response.json]
+        if schema.get("type") == "array":
+            schema = flatten(ours, schema["items"])
+        assert documents, (path, method)
+        for document in documents:
+            assert set(document) == set(schema["properties"]), (path, method)
+            for name, value in document.items():
+                declared = flatten(ours, schema["properties"][name])
+                if value is None:
+                    assert declared.get("nullable"), (path, method, name)
+                elif "type" in declared:
+                    assert isinstance(value, json_types[declared["type"]]), (path, method, name, value)
+                    if declared.get("format") == "date-time":
+                        datetime.fromisoformat(value)

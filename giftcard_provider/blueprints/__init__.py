@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from flask import current_app, request
+from flask import Response, current_app, request
 
 from ..config import Settings
 from ..links import Links
@@ -13,6 +13,21 @@ from ..store import LedgerStore
 # At most 15 ASCII digits each: a longer number is no page (and 10**5000 would break int() and LRANGE).
 _RANGE = re.compile(r"^\s*\w*\s*=?\s*([0-9]{1,15})\s*-\s*([0-9]{1,15})\s*$")
 MAX_PAGE = 1000
+
+
+def answer(body: dict | list, headers: dict[str, str] | None = None) -> Response:
+    """A 200 with `body` already in its final JSON form (dates as ISO 8601 strings, amounts exact).
+
+    The views' @blp.response schemas document these bodies in the OpenAPI document, but a Response
+    passes through flask-smorest without a marshmallow dump: dumping a document the view has just
+    built was up to 15% of a request's CPU on the hot endpoints (issue 12). tests/test_openapi_docs.py
+    checks that every answer has exactly the fields its schema documents, and tests/test_contract.py
+    checks every answer against VTEX's spec.
+    """
+    response = current_app.json.response(body)
+    if headers:
+        response.headers.update(headers)
+    return response
 
 
 def ledger() -> LedgerStore:

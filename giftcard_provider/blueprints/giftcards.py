@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
-from schemas.common import epoch_ms
+from schemas.common import epoch_ms, iso_ms
 from schemas.giftcards import CardSchema, CreateCardRequestSchema, SearchRequestSchema, SearchResultSchema
 
 from ..api import Blueprint
@@ -15,7 +15,7 @@ from ..identity import normalise as normalise_identity
 from ..money import to_major
 from ..records import Card
 from ..throttle import code_lookups
-from . import content_range, ledger, links, requested_range, settings
+from . import answer, content_range, ledger, links, requested_range, settings
 
 blp = Blueprint("giftcards", __name__, url_prefix="/giftcards", description="Search, read and create gift cards.")
 
@@ -28,8 +28,8 @@ def search_result(card: Card) -> dict:
         "_self": {"href": links().card(card.id)},
         "caption": card.caption,
         "relationName": card.relation_name,
-        "emissionDate": card.emission_ms,
-        "expiringDate": card.expiring_ms,
+        "emissionDate": iso_ms(card.emission_ms),
+        "expiringDate": iso_ms(card.expiring_ms),
     }
 
 
@@ -40,8 +40,8 @@ def card_body(card: Card, full_code: str | None = None) -> dict:
         "redemptionToken": card.token,
         "redemptionCode": full_code or mask(card.code_last4),
         "balance": to_major(card.balance, card.exponent),
-        "emissionDate": card.emission_ms,
-        "expiringDate": card.expiring_ms,
+        "emissionDate": iso_ms(card.emission_ms),
+        "expiringDate": iso_ms(card.expiring_ms),
         "currencyCode": card.currency,
         "discount": False,
         **card.terms(),
@@ -82,7 +82,7 @@ class Search(MethodView):
         cards = [c for c in cards if c.usable]
         start, stop = requested_range(default_last=49)
         page = cards[start : stop + 1]
-        return [search_result(c) for c in page], 200, content_range(start, len(page), len(cards))
+        return answer([search_result(c) for c in page], content_range(start, len(page), len(cards)))
 
 
 @blp.route("")
@@ -106,7 +106,7 @@ class GiftCards(MethodView):
             emission_ms=epoch_ms(emission) if emission else None,
             expiring_ms=epoch_ms(expiring) if expiring else None,
         )
-        return card_body(card, full_code=code)
+        return answer(card_body(card, full_code=code))
 
 
 @blp.route("/<giftCardId>")
@@ -117,4 +117,4 @@ class GiftCard(MethodView):
         card = ledger().card(giftCardId)
         if card is None:
             raise NotFound("gift card not found")
-        return card_body(card)
+        return answer(card_body(card))

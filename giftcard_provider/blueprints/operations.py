@@ -10,17 +10,18 @@ from collections.abc import Callable
 
 from flask.views import MethodView
 
+from schemas.common import iso_ms
 from schemas.transactions import OperationRequestSchema, OperationSchema
 
 from ..api import Blueprint
 from ..money import to_major
 from ..records import Operation
 from ..store import LedgerStore
-from . import ledger
+from . import answer, ledger
 
 
 def operation_body(op: Operation, exponent: int) -> dict:
-    return {"oid": op.oid, "value": to_major(op.minor, exponent), "date": op.date_ms}
+    return {"oid": op.oid, "value": to_major(op.minor, exponent), "date": iso_ms(op.date_ms)}
 
 
 def operation_blueprint(
@@ -40,12 +41,12 @@ def operation_blueprint(
         @blp.response(200, OperationSchema)
         def post(self, body, giftCardId, **path):
             _, op, exponent = apply(ledger(), giftCardId, path[tx_param], body["value"], body["requestId"])
-            return operation_body(op, exponent)
+            return answer(operation_body(op, exponent))
 
         @blp.response(200, OperationSchema(many=True))
         def get(self, giftCardId, **path):
             ops, exponent = records(ledger(), giftCardId, path[tx_param])
-            return [operation_body(op, exponent) for op in ops]
+            return answer([operation_body(op, exponent) for op in ops])
 
     Operations.post.__doc__, Operations.get.__doc__ = post_doc, get_doc
     blp.route("")(Operations)
