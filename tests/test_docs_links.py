@@ -105,7 +105,8 @@ def broken_links(page, root=ROOT):
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
 def test_every_relative_link_resolves(page):
-    assert broken_links(page) == []
+    problems = broken_links(page)
+    assert not problems, "\n".join(f"{target}: {why}" for target, why in problems)
 
 
 def test_the_readme_links_every_docs_page():
