@@ -5,7 +5,7 @@ is not left open. Development must be asked for (scripts/run does), is refused
 on a Heroku dyno, and gives every setting a local default, so the service runs
 on a laptop with no accounts, with the public demo credentials and secret.
 Production refuses those demo values, and tokens and secrets too short to be
-secrets. The README's configuration table mirrors this module.
+secrets. docs/configuration.md lists every setting this module reads.
 """
 
 from __future__ import annotations

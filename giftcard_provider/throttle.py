@@ -26,7 +26,7 @@ with the previous one to estimate a sliding window), and holds at most
 CODE_LOOKUP_MAX_TRACKED subjects: a new subject beyond that is not tracked (its
 field is removed again), so it is never throttled in that window, which gives a
 flood of new identities nothing that fresh identities would not give it anyway.
-The README states the bytes this keeps.
+docs/security.md states the bytes this keeps.
 
 Once a limit is spent, code searches of that subject answer ``[]`` *without looking
 the code up*, exactly like a wrong code: a guesser cannot tell that it is throttled.

@@ -1,6 +1,6 @@
 """A primary of a 3-primary, 3-replica Redis Cluster is SIGKILLed during a burst of Debits.
 
-What must hold (and what the README's "Scaling out" section promises):
+What must hold (and what docs/scaling.md, "Scaling out", promises):
 * during the failover every answer is a 200 or a quick 503, never a 500;
 * once a replica is promoted, requests on the killed shard's cards succeed again;
 * every card still verifies from its journal: a write reaches the replica whole

@@ -361,8 +361,8 @@ def test_a_flood_of_new_identities_cannot_grow_the_limiter_past_its_cap(small_re
     assert search(hub, code, VICTIM) == [card_id]
 
 
-def test_a_full_window_costs_the_bytes_the_readme_states(small_redis):
-    """README, "Throttling of redemption-code guessing": at most about 105 bytes of used_memory per tracked
+def test_a_full_window_costs_the_bytes_the_docs_state(small_redis):
+    """docs/security.md, "Throttling of redemption-code guessing": at most about 105 bytes of used_memory per tracked
     subject (77 by MEMORY USAGE, plus the hash table's buckets, doubled while it rehashes), so a window
     hash at the default cap of 10,000 subjects costs at most ~1 MB, and a limit (two live windows) ~2 MB
     of the 25 MB plan."""

@@ -309,7 +309,7 @@ def test_wrong_redemption_token(hub, store):
 
 
 def test_a_debit_must_carry_the_cards_redemption_token(hub, store):
-    """The decision (README): spending needs the token the Hub reads with GET card; a load does not."""
+    """The decision (docs/api.md): spending needs the token the Hub reads with GET card; a load does not."""
     card = hub.funded_card(Decimal("10"))
     for missing in (None, ""):
         assert_rejected(
