@@ -291,16 +291,16 @@ class GoLive:
             return self._report()
         self._check("missing-credentials", self._probe, 401, self._missing_credentials())
         self._check("wrong-credentials", self._probe, 403, self._wrong_credentials())
-        no_card = (self.card, "there is no test card (create-card failed)")
+        no_card = (self.card, "there is no test card (see create-card)")
         self._check("double-slash", self._tolerates, {"double_slash": True}, needs=[no_card])
         self._check("ts-query", self._tolerates, {"query": f"?ts={int(time.time() * 1000)}"}, needs=[no_card])
         self._check("media-types", self._media_types, needs=[no_card])
         self._check("unknown-headers", self._tolerates, {"headers": UNKNOWN_HEADERS}, needs=[no_card])
         try:
             self._check("load", self._load, needs=[no_card])
-            no_credit = (self.credit, "the card was not loaded (load failed)")
+            no_credit = (self.credit, "the card was not loaded (see load)")
             self._check("debit-hold", self._debit, needs=[no_card, no_credit])
-            no_debit = (self.debit, "there is no Debit (debit-hold failed)")
+            no_debit = (self.debit, "there is no Debit (see debit-hold)")
             self._check("settlement-sums", self._settlement_sums, needs=[no_debit])
             self._check("equal-partial-refunds", self._equal_refunds, needs=[no_debit])
             self._check("cancellation-sums", self._cancellation_sums, needs=[no_debit])
@@ -433,6 +433,12 @@ class GoLive:
         if self.currency:
             body["currencyCode"] = self.currency
         call = self.client.call("POST", "/giftcards", body)
+        if call.status in (401, 403):
+            raise Failed(
+                f"{call}: {call.outcome()}: the deployment refuses the credentials this check sends "
+                "(--app-key/--app-token, else PROVIDER_API_APP_KEY/PROVIDER_API_APP_TOKEN): "
+                "they must be the pair the Hub will be registered with"
+            )
         document = _json(call)
         card_id = document.get("id") if isinstance(document, dict) else None
         if not card_id or not isinstance(card_id, str):

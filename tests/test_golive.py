@@ -428,3 +428,18 @@ def test_an_unreachable_store_leaves_the_deactivation_to_the_operator():
     assert status == "todo"
     assert reason.startswith("card 0123456789abcdef0123456789abcdef is still active: this command could not reach")
     assert "flask cards deactivate 0123456789abcdef0123456789abcdef --reason" in reason
+
+
+def test_credentials_the_deployment_refuses_are_named_as_the_cause(serve):
+    url = serve(provider().wsgi_app)
+    args = ["cards", "golive", "--url", url, "--app-token", "not-the-registered-token", "--json"]
+    result = provider().test_cli_runner().invoke(args=args)
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    create = report["checks"][0]
+    assert create["status"] == "fail" and "refuses the credentials this check sends" in create["reason"]
+    assert report["cardId"] is None
+    assert {c["reason"] for c in report["checks"] if c["name"] in ("load", "zero-balance", "deactivated")} == {
+        "not run: there is no test card (see create-card)"
+    }
+    assert "not-the-registered-token" not in result.output
