@@ -443,3 +443,16 @@ def test_credentials_the_deployment_refuses_are_named_as_the_cause(serve):
         "not run: there is no test card (see create-card)"
     }
     assert "not-the-registered-token" not in result.output
+
+
+def test_every_check_passes_on_a_redis_cluster(serve, cluster_redis):
+    """The same run on a 3-primary Redis Cluster, deactivation through the cluster store included."""
+    app = create_app(make_settings(), redis_client=cluster_redis)
+    url = serve(app.wsgi_app)
+    result = app.test_cli_runner().invoke(args=["cards", "golive", "--url", url, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert statuses(report) == dict.fromkeys(ALL_CHECKS, "pass")
+    card = app.extensions["giftcard_provider"]["store"].card(report["cardId"])
+    assert (card.status, card.balance, card.held_now) == ("inactive", 0, 0)
+    assert verify_all(cluster_redis, Keys(app.config["SETTINGS"].key_prefix))[1] == []
