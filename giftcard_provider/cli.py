@@ -31,6 +31,7 @@ from marshmallow import ValidationError
 from schemas.common import epoch_ms, iso_ms
 from schemas.giftcards import CreateCardRequestSchema
 
+from .cli_golive import golive
 from .codes import mask, new_id, normalise
 from .config import Settings
 from .errors import InvalidRequest, ProviderError, Refused, StoreUnavailable
@@ -976,3 +977,6 @@ def migrate(clean, as_json):
                    f"{report.code_entries} code and {report.owner_entries} owner index entries copied")  # fmt: skip
     if not report.ok:
         click.get_current_context().exit(1)
+
+
+cards.add_command(golive)
