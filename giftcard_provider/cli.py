@@ -976,3 +976,8 @@ def migrate(clean, as_json):
                    f"{report.code_entries} code and {report.owner_entries} owner index entries copied")  # fmt: skip
     if not report.ok:
         click.get_current_context().exit(1)
+
+
+from .cli_reports import report  # noqa: E402  (cli_reports builds on this module's helpers)
+
+cards.add_command(report)
