@@ -17,6 +17,7 @@ trimmed event is refused (RetentionGap) rather than answered with a wrong figure
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,7 +70,14 @@ def check_complete(start_ms: int, bounds: dict[str, LogBounds]) -> None:
 
 
 def utc_day(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
+    return _day(ms // DAY_MS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _day(index: int) -> str:
+    """The date of the index-th day since 1970-01-01 (UTC days are 86,400,000 ms: no leap seconds in
+    epoch time). Cached: an activity report asks for it once per event, for a few days."""
+    return datetime.fromtimestamp(index * 86_400, UTC).strftime("%Y-%m-%d")
 
 
 def utc_month(ms: int) -> str:
