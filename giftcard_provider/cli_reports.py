@@ -241,7 +241,7 @@ def _totals(rows: list[reports.Breakage]) -> list[str]:
               help="Cards whose expiringDate comes within this many days.")  # fmt: skip
 @_output_options
 def expiring(days, fmt, output):
-    """Active cards with a balance that expire within DAYS days, soonest first: for reminders.
+    """Active cards with a balance that expire within --days days, soonest first: for reminders.
 
     With each card's owner (profileId), program (relationName), balance and expiringDate.
     Walks every card (the buckets' card lists, cards read in pipelined batches).

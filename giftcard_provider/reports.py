@@ -46,14 +46,18 @@ class RetentionGap(ProviderError):
     def __init__(self, start_ms: int, complete_from: dict[str, int | None]):
         known = [ms for ms in complete_from.values() if ms is not None]
         buckets = ", ".join(sorted(complete_from))
-        message = (
-            f"the event log no longer holds every event since {iso_ms(start_ms)}: retention "
-            f"(EVENT_RETENTION_DAYS / EVENT_RETENTION_MAX) trimmed the log of bucket(s) {buckets}"
-        )
         if len(known) == len(complete_from):
-            message += f"; the earliest time this report can start from is {iso_ms(max(known))}"
+            message = (
+                f"the event log no longer holds every event since {iso_ms(start_ms)}: retention "
+                f"(EVENT_RETENTION_DAYS / EVENT_RETENTION_MAX) trimmed the log of bucket(s) {buckets}; "
+                f"the earliest time this report can start from is {iso_ms(max(known))}"
+            )
         else:
-            message += "; Redis does not say how far (XINFO STREAM has no entries-added: Redis 7 is needed)"
+            message = (
+                f"cannot tell whether the event log still holds every event since {iso_ms(start_ms)}: Redis does "
+                f"not say what was trimmed from the log of bucket(s) {buckets} (XINFO STREAM has no entries-added: "
+                "Redis 7 is needed)"
+            )
         super().__init__(message)
         self.complete_from = complete_from
 
