@@ -322,7 +322,7 @@ class LedgerStore:
     def log_snapshot(self) -> dict[str, tuple[dict[str, Books], LogBounds]]:
         """Per bucket holding cards: its books per currency and what its event log holds, the books
         being exactly what the log's events up to `LogBounds.last_id` made them (events.py:
-        books_at_log_position). Two round trips, plus one per bucket written while it was read."""
+        books_at_log_position). Two round trips, plus one more whenever a bucket was written while read."""
         with translated_errors():
             used = verify.used_buckets(self.redis, self.keys)
             read = events.books_at_log_position(self.redis, self.keys, used)
