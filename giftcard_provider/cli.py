@@ -980,3 +980,7 @@ def migrate(clean, as_json):
 
 
 cards.add_command(golive)
+
+from .cli_reports import report  # noqa: E402  (cli_reports builds on this module's helpers)
+
+cards.add_command(report)

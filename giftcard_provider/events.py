@@ -23,8 +23,9 @@ import heapq
 
 import redis
 
+from .errors import ProviderError
 from .keys import Keys, buckets
-from .records import Event
+from .records import Event, LogBounds
 
 PAGE = 1000
 
@@ -69,6 +70,48 @@ def bucket_log(client: redis.Redis, keys: Keys, bucket: str, start: str = "-", e
     while page := client.xrange(key, start, end, count=PAGE):
         yield from _events(bucket, page)
         start = f"({page[-1][0]}"
+
+
+def log_bounds(client: redis.Redis, keys: Keys, bucket_names: list[str]) -> dict[str, LogBounds]:
+    """What each bucket's log still holds (records.LogBounds), in one round trip. The buckets must have
+    a log (verify.used_buckets: a bucket's first card writes its log and its books)."""
+    pipe = client.pipeline(transaction=False)
+    for b in bucket_names:
+        pipe.xinfo_stream(keys.events(b))
+    return {b: LogBounds.from_xinfo(r) for b, r in zip(bucket_names, pipe.execute(), strict=True)}
+
+
+def books_at_log_position(
+    client: redis.Redis, keys: Keys, bucket_names: list[str], tries: int = 10
+) -> dict[str, tuple[dict[str, str], LogBounds]]:
+    """Each bucket's books hash with its log's bounds, the books being exactly the sum of every event
+    up to `LogBounds.last_id`.
+
+    A call that changes a bucket's books appends its event in the same call, so books read between
+    two reads of the log's last id that agree reflect exactly the events up to that id. One round
+    trip reads every bucket so; a bucket written in between is read again (at most `tries` rounds).
+    """
+    found: dict[str, tuple[dict[str, str], LogBounds]] = {}
+    pending = list(bucket_names)
+    for _ in range(tries):
+        pipe = client.pipeline(transaction=False)
+        for b in pending:
+            pipe.xinfo_stream(keys.events(b))
+            pipe.hgetall(keys.books(b))
+            pipe.xinfo_stream(keys.events(b))
+        replies = pipe.execute()
+        changed = []
+        for i, b in enumerate(pending):
+            before, books, after = (LogBounds.from_xinfo(replies[3 * i]), replies[3 * i + 1],
+                                    LogBounds.from_xinfo(replies[3 * i + 2]))  # fmt: skip
+            if before.last_id == after.last_id:
+                found[b] = (books, after)
+            else:
+                changed.append(b)
+        if not changed:
+            return found
+        pending = changed
+    raise ProviderError(f"bucket(s) {', '.join(pending)} changed during each of {tries} reads of their books: retry")
 
 
 def _events(bucket: str, page) -> list[Event]:

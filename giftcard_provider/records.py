@@ -502,3 +502,46 @@ class Books:
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in BOOK_TOTALS} | {"liability": self.liability}
+
+
+def stream_position(stream_id: str) -> tuple[int, int]:
+    """A stream id "<ms>-<n>" -> (ms, n), which order as the stream does."""
+    ms, _, n = stream_id.partition("-")
+    return int(ms), int(n or 0)
+
+
+@dataclass(frozen=True)
+class LogBounds:
+    """What one bucket's event log still holds, from XINFO STREAM (Redis 7: `entries-added`).
+
+    Retention trims a log from its oldest end (XTRIM MINID / MAXLEN; nothing here deletes single
+    entries), so the log holds every event from `complete_from_ms` on: the beginning (0) if nothing
+    was ever trimmed, else just after the first entry kept (the trimmed ones may share its
+    millisecond), or after the last id ever written if everything was trimmed.
+    """
+
+    length: int
+    entries_added: int | None  # every event ever appended; None: the server did not say (Redis < 7)
+    first_id: str | None  # the oldest entry still kept
+    last_id: str  # the last id ever generated ("0-0": none yet); trimming never lowers it
+
+    @classmethod
+    def from_xinfo(cls, reply: dict) -> LogBounds:
+        first = reply.get("first-entry")
+        added = reply.get("entries-added")
+        return cls(
+            length=int(reply["length"]),
+            entries_added=None if added is None else int(added),
+            first_id=first[0] if first else None,
+            last_id=reply["last-generated-id"],
+        )
+
+    @property
+    def complete_from_ms(self) -> int | None:
+        """The earliest time (ms) from which every event of the log is still there; None if the
+        server cannot tell (no `entries-added`: nothing proves that nothing was trimmed)."""
+        if self.entries_added is None:
+            return None
+        if self.entries_added <= self.length:
+            return 0
+        return stream_position(self.first_id or self.last_id)[0] + 1

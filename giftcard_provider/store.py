@@ -22,7 +22,7 @@ from .keys import Keys, buckets, is_valid_card_id, is_valid_id, owner_member
 from .ledger_calls import LedgerCalls, layout_refusal, translated_errors
 from .ledger_library import RELEASE, Library, installed_libraries, prune_libraries
 from .money import Amount, exponent_of
-from .records import Books, Card, Event, Operation, Transaction, TransactionRead, card_fields, card_from_read
+from .records import Books, Card, Event, LogBounds, Operation, Transaction, TransactionRead, card_fields, card_from_read
 
 # Hold entries the sweeper looks at per call on one bucket (it calls again while a call releases
 # some): keeps each call short on a backlog. Money calls release every due hold of their card.
@@ -233,14 +233,17 @@ class LedgerStore:
                 if owner == identity and is_valid_card_id(card_id)  # "a|b|<id>" is owner "a|b", not "a"
             }
         )
+        return sorted(self.read_cards(ids), key=lambda c: c.created_ms)
+
+    def read_cards(self, ids: list[str]) -> list[Card]:
+        """The cards with these ids, in one round trip (a card gone meanwhile is left out)."""
         read_card = self.library.function("gc_read_card")
         replies = self._with_library(
             lambda: self._pipeline(
                 lambda pipe: [pipe.fcall_ro(read_card, 2, self.keys.card(i), self.keys.holds(i[:2])) for i in ids]
             )
         )
-        cards = [card_from_read(i, r) for i, r in zip(ids, replies, strict=True)]
-        return sorted((c for c in cards if c), key=lambda c: c.created_ms)
+        return [card for card in (card_from_read(i, r) for i, r in zip(ids, replies, strict=True)) if card]
 
     def set_status(self, card_id: str, status: str, reason: str) -> tuple[bool, str, int | None]:
         """Block, unblock or deactivate a card; moves no money. Returns (changed, previous status, changed ms)."""
@@ -309,6 +312,39 @@ class LedgerStore:
         """Every card id, bucket by bucket, from the buckets' card lists (no walk of the keyspace)."""
         with translated_errors():
             yield from verify.card_ids(self.redis, self.keys)
+
+    def now_ms(self) -> int:
+        """Redis's clock (the one every event and card date is on), in epoch ms."""
+        with translated_errors():
+            seconds, micros = self.redis.time()
+        return seconds * 1000 + micros // 1000
+
+    def log_snapshot(self) -> dict[str, tuple[dict[str, Books], LogBounds]]:
+        """Per bucket holding cards: its books per currency and what its event log holds, the books
+        being exactly what the log's events up to `LogBounds.last_id` made them (events.py:
+        books_at_log_position). Two round trips, plus one more whenever a bucket was written while read."""
+        with translated_errors():
+            used = verify.used_buckets(self.redis, self.keys)
+            read = events.books_at_log_position(self.redis, self.keys, used)
+        return {b: (Books.total([books]), bounds) for b, (books, bounds) in read.items()}
+
+    def log_bounds(self, bucket_names: list[str] | None = None) -> dict[str, LogBounds]:
+        """What each bucket's event log still holds (retention trims the oldest events), for the given
+        buckets (each must hold cards) or every bucket holding cards."""
+        with translated_errors():
+            if bucket_names is None:
+                bucket_names = verify.used_buckets(self.redis, self.keys)
+            return events.log_bounds(self.redis, self.keys, bucket_names)
+
+    def bucket_events(
+        self, bucket: str, start_ms: int | None = None, *, end_ms: int | None = None, through: str | None = None
+    ) -> Iterator[Event]:
+        """One bucket's events from `start_ms` on (inclusive), before `end_ms`, or up to and including
+        the stream id `through`; oldest first, a page at a time."""
+        start = "-" if start_ms is None else f"{start_ms}-0"
+        end = through if through is not None else (f"({end_ms}-0" if end_ms is not None else "+")
+        with translated_errors():
+            yield from events.bucket_log(self.redis, self.keys, bucket, start, end)
 
     def verify(self, card_id: str | None = None) -> verify.Report:
         """Recompute one card, or every card, its indexes and the books, from the event log (verify.py)."""
