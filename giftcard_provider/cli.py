@@ -976,3 +976,8 @@ def migrate(clean, as_json):
                    f"{report.code_entries} code and {report.owner_entries} owner index entries copied")  # fmt: skip
     if not report.ok:
         click.get_current_context().exit(1)
+
+
+from .cli_webhooks import webhooks_group  # noqa: E402 (it imports this module's parameter types)
+
+cards.add_command(webhooks_group)
