@@ -611,9 +611,21 @@ class StreamTail:
 
     def pending_after(self, cursor: LaneCursor | None) -> int:
         """Events retained after `cursor`: exact when its ordinal is known, else at most `length`."""
+        if cursor is not None and self.handled(cursor):
+            return 0
         if cursor is None or cursor.ordinal is None:
-            return self.length if cursor is None or cursor.stream_id != self.last_id else 0
+            return self.length
         return max(0, min(self.entries_added - cursor.ordinal, self.length))
+
+    def handled(self, cursor: LaneCursor) -> bool:
+        """Whether `cursor` is at or past the stream's last entry (nothing left after it)."""
+        return stream_order(cursor.stream_id) >= stream_order(self.last_id)
+
+
+def stream_order(stream_id: str) -> tuple[int, int]:
+    """A stream id as a sortable pair: "<ms>-<n>" -> (ms, n)."""
+    ms, _, n = stream_id.partition("-")
+    return int(ms), int(n)
 
 
 @dataclass(frozen=True)

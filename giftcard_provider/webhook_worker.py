@@ -51,11 +51,6 @@ ALL_BUCKETS = buckets()
 _BOUNDS_MS = ",".join(str(round(b * 1000)) for b in LATENCY_BOUNDS)
 
 
-def _order(stream_id: str) -> tuple[int, int]:
-    ms, _, n = stream_id.partition("-")
-    return int(ms), int(n)
-
-
 def backoff(attempts: int, base: float, cap: float, rng=random) -> float:
     """Seconds before attempt `attempts` + 1: base * 2**(attempts - 1), capped, with jitter (a random
     half of it is taken off, so lanes that failed together do not come back together)."""
@@ -133,6 +128,7 @@ class Worker:
         finally:
             self.stop.set()
             self.pool.shutdown(wait=True)
+            self.sender.close()
             self._give_back()
             log.info("webhook worker %s stopped", self.id, extra={"fields": {"worker": self.id}})
 
@@ -229,24 +225,24 @@ class Worker:
                     continue
                 raw = cursors.get(bucket, "")
                 cursor = LaneCursor.parse(raw)
-                if cursor is not None and _order(cursor.stream_id) >= _order(tail.last_id):
+                if cursor is not None and tail.handled(cursor):
                     continue
                 retry = LaneRetry.parse(retries.get(bucket))
                 if retry is not None and retry.next_ms > now_ms:
                     continue
-                self._submit(endpoint.id, bucket, raw, tail, retry)
+                self._submit(endpoint.id, bucket, tail)
 
-    def _submit(self, endpoint_id, bucket, raw, tail, retry) -> None:
+    def _submit(self, endpoint_id: str, bucket: str, tail: StreamTail) -> None:
         lane = (endpoint_id, bucket)
         with self._busy_lock:
             if lane in self._busy:
                 return
             self._busy.add(lane)
-        self.pool.submit(self._run_lane, endpoint_id, bucket, raw, tail, retry)
+        self.pool.submit(self._run_lane, endpoint_id, bucket, tail)
 
-    def _run_lane(self, endpoint_id, bucket, raw, tail, retry) -> None:
+    def _run_lane(self, endpoint_id: str, bucket: str, tail: StreamTail) -> None:
         try:
-            Lane(self, endpoint_id, bucket, raw, retry).run(tail)
+            Lane(self, endpoint_id, bucket).run(tail)
         except (ProviderError, redis.RedisError) as exc:
             log.warning("webhook lane %s/%s stopped by Redis, resumes next cycle: %s", endpoint_id, bucket, exc)
         except Exception:
@@ -264,19 +260,32 @@ class Worker:
 
 
 class Lane:
-    """One pass over one lane: read its events after the cursor, deliver them in order, record each step."""
+    """One pass over one lane: read its cursor and events, deliver them in order, record each step."""
 
-    def __init__(self, worker: Worker, endpoint_id: str, bucket: str, raw_cursor: str, retry: LaneRetry | None):
+    def __init__(self, worker: Worker, endpoint_id: str, bucket: str):
         self.w = worker
         self.endpoint_id = endpoint_id
         self.bucket = bucket
-        self.expected = raw_cursor  # the cursor as stored: webhook_lane.lua compares it
-        self.cursor = LaneCursor.parse(raw_cursor)
-        self.retry = retry
         self.k = worker.keys.webhook(endpoint_id)
+        self.expected = ""  # the cursor as stored: webhook_lane.lua compares it
+        self.cursor: LaneCursor | None = None
+        self.retry: LaneRetry | None = None
 
     def run(self, tail: StreamTail) -> None:
+        """The dispatcher's reading is only a hint (a lane that just finished may have moved since):
+        the lane reads its own cursor and retry state first, then its events up to `tail`."""
         w = self.w
+        with translated_errors():
+            pipe = w.redis.pipeline(transaction=False)
+            pipe.time()
+            pipe.hget(self.k["cursor"], self.bucket)
+            pipe.hget(self.k["retry"], self.bucket)
+            (seconds, micros), raw, retry = pipe.execute()
+        self.expected, self.cursor, self.retry = raw or "", LaneCursor.parse(raw), LaneRetry.parse(retry)
+        if self.cursor is not None and tail.handled(self.cursor):
+            return
+        if self.retry is not None and self.retry.next_ms > seconds * 1000 + micros // 1000:
+            return
         start = f"({self.cursor.stream_id}" if self.cursor else "-"
         with translated_errors():
             page = w.redis.xrange(w.keys.events(self.bucket), start, tail.last_id, count=w.batch)

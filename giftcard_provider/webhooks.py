@@ -60,6 +60,9 @@ LATENCY_BOUNDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 
 # What /metrics reports as an attempt's failure: a fixed set (label values).
 FAILURE_KINDS = ("timeout", "connection", "http_3xx", "http_4xx", "http_5xx", "gone")
 USER_AGENT = "giftcard-provider-webhooks/1"
+# A kept-alive connection idle longer than this is not reused: the receiver may have closed it
+# meanwhile, and a POST sent on it would fail for nothing (it is never retried at once).
+IDLE_REUSE = 1.0
 _RESPONSE_KEPT = 300  # characters of a failing answer's body kept as its error
 
 
@@ -167,48 +170,55 @@ class Attempt:
 
 
 class Sender:
-    """POSTs with a per-thread keep-alive connection per origin; redirects are failures (the
-    specification: update the URL instead), and so is any answer but a 2xx. `timeout` bounds every
-    network wait of an attempt (connect, send, each read), not their sum."""
+    """POSTs with a per-thread keep-alive connection per origin (reused within IDLE_REUSE). Redirects
+    are failures (the specification: update the URL instead), and so is any answer but a 2xx.
+    `timeout` bounds every network wait of an attempt (connect, send, each read), not their sum."""
 
     def __init__(self, timeout: float):
         self.timeout = timeout
         self._local = threading.local()
         self._tls = ssl.create_default_context()
+        self._pools: list[dict] = []  # every thread's connections, for close()
+        self._pools_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close every kept-alive connection (the threads that used them have finished)."""
+        with self._pools_lock:
+            for pool in self._pools:
+                for conn, _ in pool.values():
+                    conn.close()
+                pool.clear()
 
     def post(self, url: str, body: str, headers: dict[str, str]) -> Attempt:
         started = time.monotonic()
         parts = urlsplit(url)
         origin = (parts.scheme, parts.hostname, parts.port)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        data = body.encode()
-        connections = self._local.__dict__.setdefault("connections", {})
-        for reused in (True, False):
-            conn = connections.pop(origin, None) if reused else None
-            if conn is None:
-                reused = False
-                conn = self._connect(parts)
-            try:
-                conn.request("POST", target, body=data, headers=headers)
-                response = conn.getresponse()
-                text = response.read(64 * 1024)
-                if not response.isclosed() or response.will_close:
-                    conn.close()  # an answer we did not read to the end, or a server that closes
-                else:
-                    connections[origin] = conn
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-                conn.close()
-                if reused:
-                    continue  # the server had closed the idle connection: once more on a fresh one
-                return self._failed("connection", f"connection closed: {exc or type(exc).__name__}", started)
-            except TimeoutError:
-                conn.close()
-                return self._failed("timeout", f"no answer within {self.timeout:g} s", started)
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                return self._failed("connection", f"{type(exc).__name__}: {exc}", started)
-            return self._answered(response, text, started)
-        raise AssertionError("unreachable")  # the second pass never continues
+        connections = getattr(self._local, "connections", None)
+        if connections is None:
+            connections = self._local.connections = {}
+            with self._pools_lock:
+                self._pools.append(connections)
+        conn, last_used = connections.pop(origin, (None, 0.0))
+        if conn is not None and started - last_used > IDLE_REUSE:
+            conn.close()  # receivers close idle connections (gunicorn after 2 s): never send on a stale one
+            conn = None
+        conn = conn or self._connect(parts)
+        try:
+            conn.request("POST", target, body=body.encode(), headers=headers)
+            response = conn.getresponse()
+            text = response.read(64 * 1024)
+        except TimeoutError:
+            conn.close()
+            return self._failed("timeout", f"no answer within {self.timeout:g} s", started)
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            return self._failed("connection", f"{type(exc).__name__}: {exc}".rstrip(": "), started)
+        if response.isclosed() and not response.will_close:
+            connections[origin] = (conn, time.monotonic())
+        else:
+            conn.close()  # an answer we did not read to the end, or a server that closes
+        return self._answered(response, text, started)
 
     def _connect(self, parts) -> http.client.HTTPConnection:
         if parts.scheme == "https":
@@ -438,4 +448,8 @@ class Webhooks:
         worker's cursor untouched."""
         body = body_of(event)
         headers = signed_headers(Webhook(endpoint.secret), event.id, body)
-        return Sender(self.settings.webhook_timeout_seconds).post(endpoint.url, body, headers)
+        sender = Sender(self.settings.webhook_timeout_seconds)
+        try:
+            return sender.post(endpoint.url, body, headers)
+        finally:
+            sender.close()
