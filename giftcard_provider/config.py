@@ -154,7 +154,7 @@ class Settings:
     api_docs: bool = True  # Swagger UI at /docs (production: off unless API_DOCS=1)
     # Webhook delivery (webhooks.py, the worker process): attempts per event before it goes to the
     # endpoint's dead letters, each attempt's network timeout, and the retry backoff (exponential
-    # from base, capped, with jitter). The defaults spread 12 attempts over about 3.5 hours.
+    # from base, capped, with jitter). The defaults spread 12 attempts over 1.2 to 2.4 hours.
     webhook_max_attempts: int = 12
     webhook_timeout_seconds: float = 15.0
     webhook_retry_base_seconds: float = 5.0

@@ -4,7 +4,7 @@ The worker is a separate process (a Heroku worker dyno takes no HTTP traffic), s
 metrics itself: webhook_lane.lua keeps each endpoint's counters and latency histogram in Redis
 (keys.py: gc:{w<id>}:stats), in the same step that moves its cursor, and the web's /metrics reads
 them here with what is pending (from every bucket's log tail and the endpoint's cursor), the lanes
-retrying, the dead letters held and the live workers. A scrape costs two round trips whatever the
+retrying, the dead letters held and the live workers. A scrape costs six round trips whatever the
 traffic; if Redis cannot be read these families are left out of it (the failure counted), never
 the whole page.
 """
@@ -36,16 +36,16 @@ class WebhooksCollector:
         client = self.store.calls.raw
         endpoints = hooks.endpoints()
         pending = hooks.pending(endpoints) if endpoints else {}
+        seconds, micros = client.time()  # its own round trip: a cluster pipeline refuses TIME
+        now_ms = seconds * 1000 + micros // 1000
         pipe = client.pipeline(transaction=False)
-        pipe.time()
         pipe.zrange(self.store.keys.webhook_workers(), 0, -1, withscores=True)
         for e in endpoints:
             k = self.store.keys.webhook(e.id)
             pipe.hgetall(k["stats"])
             pipe.hlen(k["retry"])
             pipe.xlen(k["dead"])
-        (seconds, micros), workers, *rest = pipe.execute()
-        now_ms = seconds * 1000 + micros // 1000
+        workers, *rest = pipe.execute()
 
         live = GaugeMetricFamily(
             "giftcard_webhook_workers", "Webhook workers alive (heartbeat within their lease): 0 means nothing delivers"

@@ -154,6 +154,13 @@ class Worker:
             self._scripts = {"lease": client.register_script(LEASE_SCRIPT), "lane": client.register_script(LANE_SCRIPT)}
         return self._scripts[which]
 
+    def _now_ms(self) -> int:
+        """Redis's clock (the scripts' clock), in its own round trip: a cluster pipeline refuses TIME.
+        On a cluster this is one node's clock and the scripts run on others': their skew (ms, with
+        NTP) shifts a retry or a heartbeat by as much, never more."""
+        seconds, micros = self.redis.time()
+        return seconds * 1000 + micros // 1000
+
     def _refresh_endpoints(self) -> None:
         current = {e.id: e for e in self.hooks.endpoints()}
         if current.keys() != self.endpoints.keys() or any(
@@ -164,8 +171,7 @@ class Worker:
 
     def _renew(self) -> None:
         with translated_errors():
-            seconds, micros = self.redis.time()
-            now_ms = seconds * 1000 + micros // 1000
+            now_ms = self._now_ms()
             pipe = self.redis.pipeline(transaction=False)
             workers = self.keys.webhook_workers()
             pipe.zadd(workers, {self.id: now_ms + self.lease_ms})
@@ -204,8 +210,8 @@ class Worker:
         if not active:
             return
         with translated_errors():
+            now_ms = self._now_ms()
             pipe = self.redis.pipeline(transaction=False)
-            pipe.time()
             for b in ALL_BUCKETS:
                 pipe.xinfo_stream(self.keys.events(b))
             for endpoint in active:
@@ -213,8 +219,7 @@ class Worker:
                 pipe.hgetall(k["cursor"])
                 pipe.hgetall(k["retry"])
             replies = pipe.execute(raise_on_error=False)
-        (seconds, micros), rest = replies[0], replies[1:]
-        now_ms = seconds * 1000 + micros // 1000
+        rest = replies
         tails = {b: StreamTail.from_info(r) for b, r in zip(ALL_BUCKETS, rest[:BUCKETS], strict=True)}
         states = rest[BUCKETS:]
         for i, endpoint in enumerate(active):
@@ -277,15 +282,14 @@ class Lane:
         w = self.w
         with translated_errors():
             pipe = w.redis.pipeline(transaction=False)
-            pipe.time()
             pipe.hget(self.k["cursor"], self.bucket)
             pipe.hget(self.k["retry"], self.bucket)
-            (seconds, micros), raw, retry = pipe.execute()
-        self.expected, self.cursor, self.retry = raw or "", LaneCursor.parse(raw), LaneRetry.parse(retry)
-        if self.cursor is not None and tail.handled(self.cursor):
-            return
-        if self.retry is not None and self.retry.next_ms > seconds * 1000 + micros // 1000:
-            return
+            raw, retry = pipe.execute()
+            self.expected, self.cursor, self.retry = raw or "", LaneCursor.parse(raw), LaneRetry.parse(retry)
+            if self.cursor is not None and tail.handled(self.cursor):
+                return
+            if self.retry is not None and self.retry.next_ms > w._now_ms():
+                return
         start = f"({self.cursor.stream_id}" if self.cursor else "-"
         with translated_errors():
             page = w.redis.xrange(w.keys.events(self.bucket), start, tail.last_id, count=w.batch)
