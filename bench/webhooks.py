@@ -28,6 +28,7 @@ import threading
 import time
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from bench.common import ROOT, say
 from giftcard_provider.config import Settings
@@ -90,6 +91,12 @@ def write_events(store: LedgerStore, count: int) -> int:
     return written
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_until(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -138,7 +145,9 @@ def main() -> None:
             times = [a[0] for a in receiver.arrivals]
         span = max(times) - min(times)
         say(f"phase 1: {backlog} events delivered in {span:.2f} s (first to last receipt): "
-            f"{backlog / span:,.0f} events/s")  # fmt: skip
+            f"{backlog / span:,.0f} events/s; the worker used {cpu_seconds(worker.pid):.1f} s of CPU "
+            f"(start-up included), the bench process (receiver and writer) {cpu_seconds(os.getpid()):.1f} s, "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")  # fmt: skip
 
         with receiver.lock:
             duplicates = len(receiver.arrivals) - len({json.loads(a[1])["data"]["id"] for a in receiver.arrivals})
