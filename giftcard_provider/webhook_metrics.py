@@ -32,7 +32,7 @@ class WebhooksCollector:
         yield from families
 
     def _families(self) -> list:
-        hooks = Webhooks(self.store)
+        hooks = Webhooks(self.store, for_metrics=True)
         client = self.store.calls.raw
         endpoints = hooks.endpoints()
         pending = hooks.pending(endpoints) if endpoints else {}

@@ -19,6 +19,7 @@ check a lane's lease and move its cursor in one step, on a cluster too.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import re
 import secrets
@@ -264,14 +265,20 @@ def parse_event_id(event_id: str) -> tuple[str, str] | None:
 class Webhooks:
     """The operator's side: endpoints, cursors, failures and replays, through the ledger store's client."""
 
-    def __init__(self, store):
+    def __init__(self, store, *, for_metrics: bool = False):
+        """`for_metrics`: the /metrics scrape's reader, like store.books_for_metrics: no layout check
+        and no error translation (the scrape counts a failure as its own: webhook_metrics.py)."""
         self.store = store
         self.keys = store.keys
         self.settings = store.settings
+        self.for_metrics = for_metrics
 
     @property
     def redis(self):
-        return self.store.redis
+        return self.store.calls.raw if self.for_metrics else self.store.redis
+
+    def _errors(self):
+        return contextlib.nullcontext() if self.for_metrics else translated_errors()
 
     def _keys(self, endpoint_id: str) -> dict[str, str]:
         return self.keys.webhook(endpoint_id)
@@ -297,7 +304,7 @@ class Webhooks:
         )
         cursor = self._start_cursor(start)
         k = self._keys(endpoint.id)
-        with translated_errors():
+        with self._errors():
             client = self.redis
             if cursor:
                 client.hset(k["cursor"], mapping=cursor)
@@ -327,7 +334,7 @@ class Webhooks:
     def tails(self) -> dict[str, StreamTail | None]:
         """XINFO STREAM of every bucket's log, in one round trip (None: a bucket with no log yet)."""
         everyone = buckets()
-        with translated_errors():
+        with self._errors():
             pipe = self.redis.pipeline(transaction=False)
             for b in everyone:
                 pipe.xinfo_stream(self.keys.events(b))
@@ -336,7 +343,7 @@ class Webhooks:
 
     def endpoints(self) -> list[Endpoint]:
         """Every endpoint, oldest first."""
-        with translated_errors():
+        with self._errors():
             ids = sorted(self.redis.smembers(self.keys.webhook_endpoints()))
             pipe = self.redis.pipeline(transaction=False)
             for endpoint_id in ids:
@@ -346,7 +353,7 @@ class Webhooks:
 
     def endpoint(self, endpoint_id: str) -> Endpoint:
         if is_valid_id(endpoint_id):
-            with translated_errors():
+            with self._errors():
                 found = Endpoint.from_hash(endpoint_id, self.redis.hgetall(self._keys(endpoint_id)["endpoint"]))
             if found:
                 return found
@@ -356,7 +363,7 @@ class Webhooks:
         """Forget an endpoint: its configuration, cursor, leases, retries, dead letters and counters.
         A worker delivering to it stops at its next step (its lane's lease is gone)."""
         endpoint = self.endpoint(endpoint_id)
-        with translated_errors():
+        with self._errors():
             self.redis.srem(self.keys.webhook_endpoints(), endpoint_id)
             self.redis.delete(*self._keys(endpoint_id).values())  # one slot: the endpoint's hash tag
         return endpoint
@@ -366,7 +373,7 @@ class Webhooks:
         endpoint = self.endpoint(endpoint_id)
         if endpoint.paused == paused:
             return False
-        with translated_errors():
+        with self._errors():
             self.redis.hset(
                 self._keys(endpoint_id)["endpoint"],
                 mapping={"paused": "1" if paused else "0", "paused_reason": reason if paused else ""},
@@ -376,7 +383,7 @@ class Webhooks:
     # -- position, failures, replays --
 
     def cursors(self, endpoint_id: str) -> dict[str, LaneCursor | None]:
-        with translated_errors():
+        with self._errors():
             flat = self.redis.hgetall(self._keys(endpoint_id)["cursor"])
         return {b: LaneCursor.parse(flat.get(b)) for b in buckets()}
 
@@ -385,7 +392,7 @@ class Webhooks:
         log: exact per lane whose cursor's ordinal is known, else an upper bound (after a replay, until
         the lane reaches the end of its bucket's log)."""
         tails = self.tails() if tails is None else tails
-        with translated_errors():
+        with self._errors():
             pipe = self.redis.pipeline(transaction=False)
             for endpoint in endpoints:
                 pipe.hgetall(self._keys(endpoint.id)["cursor"])
@@ -397,28 +404,28 @@ class Webhooks:
 
     def retrying(self, endpoint_id: str) -> dict[str, LaneRetry]:
         """The lanes whose head event has failed and waits for its next attempt: bucket -> state."""
-        with translated_errors():
+        with self._errors():
             flat = self.redis.hgetall(self._keys(endpoint_id)["retry"])
         return {b: LaneRetry.parse(v) for b, v in sorted(flat.items())}
 
     def dead_letters(self, endpoint_id: str, count: int | None = None) -> list[DeadLetter]:
         """The endpoint's dead letters, newest first (at most `count`)."""
-        with translated_errors():
+        with self._errors():
             entries = self.redis.xrevrange(self._keys(endpoint_id)["dead"], "+", "-", count=count)
         return [DeadLetter.from_stream(entry_id, fields) for entry_id, fields in entries]
 
     def dead_count(self, endpoint_id: str) -> int:
-        with translated_errors():
+        with self._errors():
             return self.redis.xlen(self._keys(endpoint_id)["dead"])
 
     def drop_dead_letters(self, endpoint_id: str, entry_ids: list[str]) -> int:
         if not entry_ids:
             return 0
-        with translated_errors():
+        with self._errors():
             return self.redis.xdel(self._keys(endpoint_id)["dead"], *entry_ids)
 
     def stats(self, endpoint_id: str) -> WebhookStats:
-        with translated_errors():
+        with self._errors():
             return WebhookStats.from_hash(self.redis.hgetall(self._keys(endpoint_id)["stats"]))
 
     def replay_from(self, endpoint_id: str, start: str) -> None:
@@ -427,7 +434,7 @@ class Webhooks:
         self.endpoint(endpoint_id)
         cursor = self._start_cursor(start)
         k = self._keys(endpoint_id)
-        with translated_errors():
+        with self._errors():
             self.redis.delete(k["retry"])
             # One HSET of all 256 lanes: a worker sees the old cursor or the new one, never a mix, and
             # its next step on a lane finds the cursor moved (webhook_lane.lua) and reads again.
@@ -439,7 +446,7 @@ class Webhooks:
         if parsed is None:
             raise InvalidRequest(f"{event_id!r} is not an event id (<bucket>-<ms>-<n>)")
         bucket, stream_id = parsed
-        with translated_errors():
+        with self._errors():
             found = self.redis.xrange(self.keys.events(bucket), stream_id, stream_id)
         return Event.from_stream(bucket, *found[0]) if found else None
 
