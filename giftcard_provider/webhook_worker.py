@@ -203,9 +203,9 @@ class Worker:
     # -- finding work --
 
     def _dispatch(self) -> None:
-        """One round trip reads Redis's time, every bucket's log tail and each endpoint's cursor and
-        retry state; every held lane with events past its cursor, and no retry waiting, is handed to
-        the pool."""
+        """Redis's time, then one round trip reads every bucket's log tail and each endpoint's cursor
+        and retry state; every held lane with events past its cursor, and no retry waiting, is handed
+        to the pool (which reads the lane again before it delivers: Lane.run)."""
         active = [e for e in self.endpoints.values() if not e.paused and self.owned.get(e.id)]
         if not active:
             return
@@ -218,8 +218,10 @@ class Worker:
                 k = self.keys.webhook(endpoint.id)
                 pipe.hgetall(k["cursor"])
                 pipe.hgetall(k["retry"])
-            replies = pipe.execute(raise_on_error=False)
-        rest = replies
+            rest = pipe.execute(raise_on_error=False)
+        for reply in rest[BUCKETS:]:  # an XINFO error is a bucket with no log yet; any other failure stops here
+            if isinstance(reply, Exception):
+                raise reply
         tails = {b: StreamTail.from_info(r) for b, r in zip(ALL_BUCKETS, rest[:BUCKETS], strict=True)}
         states = rest[BUCKETS:]
         for i, endpoint in enumerate(active):
