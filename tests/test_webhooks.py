@@ -626,3 +626,18 @@ def test_the_receiver_in_the_docs_verifies_a_real_delivery(app, receiver):
             namespace["handle"](body + b" ", headers)
     finally:
         del os.environ["WEBHOOK_SECRET"]
+
+
+def test_webhook_settings_are_read_and_checked():
+    from giftcard_provider.config import ConfigError, Settings
+
+    env = {"APP_ENV": "development", "WEBHOOK_MAX_ATTEMPTS": "3", "WEBHOOK_TIMEOUT_SECONDS": "2.5",
+           "WEBHOOK_RETRY_BASE_SECONDS": "1", "WEBHOOK_RETRY_MAX_SECONDS": "60"}  # fmt: skip
+    s = Settings.from_env(env)
+    assert (s.webhook_max_attempts, s.webhook_timeout_seconds, s.webhook_retry_base_seconds,
+            s.webhook_retry_max_seconds) == (3, 2.5, 1.0, 60.0)  # fmt: skip
+    assert Settings.from_env({"APP_ENV": "development"}).webhook_max_attempts == 12
+    for name, value in (("WEBHOOK_MAX_ATTEMPTS", "0"), ("WEBHOOK_TIMEOUT_SECONDS", "-1"),
+                        ("WEBHOOK_MAX_ATTEMPTS", "2.5")):  # fmt: skip
+        with pytest.raises(ConfigError, match=name if value != "2.5" else "invalid setting"):
+            Settings.from_env({"APP_ENV": "development", name: value})
