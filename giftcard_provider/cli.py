@@ -984,3 +984,8 @@ cards.add_command(golive)
 from .cli_reports import report  # noqa: E402  (cli_reports builds on this module's helpers)
 
 cards.add_command(report)
+
+
+from .cli_webhooks import webhooks_group  # noqa: E402 (it imports this module's parameter types)
+
+cards.add_command(webhooks_group)

@@ -59,6 +59,14 @@ def _count(name: str, text: str) -> int:
     return value
 
 
+def _positive(name: str, text: str, kind=float):
+    """A number above 0 (an int when kind is int)."""
+    value = kind(text)
+    if not value > 0:
+        raise ConfigError(f"{name} must be above 0, not {text!r}")
+    return value
+
+
 def _ceiling(name: str, text: str) -> Decimal:
     value = Decimal(text)
     if not 0 < value <= MAX_CEILING:
@@ -144,6 +152,13 @@ class Settings:
     event_retention_max: int = 0
     metrics_token: str = ""  # GET /metrics wants `Authorization: Bearer <it>`; production without it: no /metrics
     api_docs: bool = True  # Swagger UI at /docs (production: off unless API_DOCS=1)
+    # Webhook delivery (webhooks.py, the worker process): attempts per event before it goes to the
+    # endpoint's dead letters, each attempt's network timeout, and the retry backoff (exponential
+    # from base, capped, with jitter). The defaults spread 12 attempts over 1.2 to 2.4 hours.
+    webhook_max_attempts: int = 12
+    webhook_timeout_seconds: float = 15.0
+    webhook_retry_base_seconds: float = 5.0
+    webhook_retry_max_seconds: float = 3600.0
 
     @property
     def production(self) -> bool:
@@ -206,6 +221,14 @@ class Settings:
                 metrics_token=metrics_token,
                 # Swagger UI is for people: on by default in development only.
                 api_docs=_flag("API_DOCS", api_docs) if api_docs.strip() else app_env == "development",
+                webhook_max_attempts=_positive("WEBHOOK_MAX_ATTEMPTS", get("WEBHOOK_MAX_ATTEMPTS", "12"), int),
+                webhook_timeout_seconds=_positive("WEBHOOK_TIMEOUT_SECONDS", get("WEBHOOK_TIMEOUT_SECONDS", "15")),
+                webhook_retry_base_seconds=_positive(
+                    "WEBHOOK_RETRY_BASE_SECONDS", get("WEBHOOK_RETRY_BASE_SECONDS", "5")
+                ),
+                webhook_retry_max_seconds=_positive(
+                    "WEBHOOK_RETRY_MAX_SECONDS", get("WEBHOOK_RETRY_MAX_SECONDS", "3600")
+                ),
             )
         except (ValueError, ArithmeticError) as exc:
             raise ConfigError(f"invalid setting: {exc}") from exc

@@ -59,6 +59,21 @@ A card hash's fields (short names: each byte is paid once per card; records.py r
                  (reason "expired" for a hold released by its deadline)
     p:<tx>:<k>   the requestId of record k (idempotency of settlements and cancellations)
 
+Webhook endpoints (webhooks.py): each endpoint's keys share the hash tag ``{w<id>}``, so one script
+checks a lane's lease and moves its cursor atomically, also on a cluster::
+
+    gc:webhooks                 set     the endpoint ids
+    gc:webhooks:workers         zset    worker id -> when its heartbeat expires (epoch ms, Redis clock):
+                                        the live workers, who share the lanes between them
+    gc:{w<id>}:endpoint         hash    url, secret, types, paused, description, created (records.Endpoint)
+    gc:{w<id>}:cursor           hash    bucket -> "<last stream id handled>|<its ordinal in the bucket's
+                                        stream, or empty>": the endpoint's durable position
+    gc:{w<id>}:leases           hash    bucket -> "<worker id>|<expires ms>": who delivers that lane
+    gc:{w<id>}:retry            hash    bucket -> "<stream id>|<attempts>|<next attempt ms>|<last error>":
+                                        the lane's head event, failing
+    gc:{w<id>}:dead             stream  dead letters: events given up after WEBHOOK_MAX_ATTEMPTS
+    gc:{w<id>}:stats            hash    delivery counters and latency histogram, for /metrics
+
 ``gc`` is the configurable ``REDIS_KEY_PREFIX``. The v1 layout (one hash tag per card, global
 code and owner keys) is `V1Keys`, kept for the migration only.
 """
@@ -154,6 +169,19 @@ class Keys:
     def consumer(self, name: str) -> str:
         """An event consumer's cursor: bucket -> the last stream id it handled (events.py)."""
         return f"{self.prefix}:consumers:{name}"
+
+    # -- webhooks (webhooks.py) --
+
+    def webhook_endpoints(self) -> str:
+        return f"{self.prefix}:webhooks"
+
+    def webhook_workers(self) -> str:
+        return f"{self.prefix}:webhooks:workers"
+
+    def webhook(self, endpoint_id: str) -> dict[str, str]:
+        """One endpoint's keys, all in its slot: endpoint, cursor, leases, retry, dead, stats."""
+        tag = f"{self.prefix}:{{w{endpoint_id}}}"
+        return {part: f"{tag}:{part}" for part in ("endpoint", "cursor", "leases", "retry", "dead", "stats")}
 
     def layout(self) -> str:
         """The store's layout version: "v2"; absent on a v1 store (migration.py)."""

@@ -249,7 +249,9 @@ def metrics():
             response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
             return response
     store = current_app.extensions["giftcard_provider"]["store"]
-    return Response(metrics_text() + books_text(store), content_type=CONTENT_TYPE_LATEST)
+    from .webhook_metrics import webhooks_text  # the worker's figures, which it keeps in Redis
+
+    return Response(metrics_text() + books_text(store) + webhooks_text(store), content_type=CONTENT_TYPE_LATEST)
 
 
 # -- logs ---------------------------------------------------------------------

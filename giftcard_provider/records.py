@@ -545,3 +545,177 @@ class LogBounds:
         if self.entries_added <= self.length:
             return 0
         return stream_position(self.first_id or self.last_id)[0] + 1
+
+
+# -- webhooks (webhooks.py, webhook_worker.py) -----------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A webhook endpoint as its hash stores it (keys.py: gc:{w<id>}:endpoint). `types` empty: every
+    event type. The secret ("whsec_" + base64) signs every delivery; only the worker reads it."""
+
+    id: str
+    url: str
+    secret: str
+    types: tuple[str, ...]
+    paused: bool
+    paused_reason: str
+    description: str
+    created_ms: int
+
+    @classmethod
+    def from_hash(cls, endpoint_id: str, fields: dict[str, str]) -> Endpoint | None:
+        if not fields.get("url"):
+            return None
+        return cls(
+            id=endpoint_id,
+            url=fields["url"],
+            secret=fields.get("secret", ""),
+            types=tuple(t for t in fields.get("types", "").split(",") if t),
+            paused=fields.get("paused") == "1",
+            paused_reason=fields.get("paused_reason", ""),
+            description=fields.get("description", ""),
+            created_ms=_int(fields, "created"),
+        )
+
+    def to_hash(self) -> dict[str, str]:
+        return {
+            "url": self.url,
+            "secret": self.secret,
+            "types": ",".join(self.types),
+            "paused": "1" if self.paused else "0",
+            "paused_reason": self.paused_reason,
+            "description": self.description,
+            "created": str(self.created_ms),
+        }
+
+    def wants(self, event_type: str) -> bool:
+        return not self.types or event_type in self.types
+
+
+@dataclass(frozen=True)
+class LaneCursor:
+    """Where an endpoint stands in one bucket's log: the last stream id handled (delivered, filtered
+    out or dead-lettered) and its ordinal in the bucket's stream (1 for the first entry ever added;
+    None when not known, after a replay, until the worker reaches the stream's end)."""
+
+    stream_id: str
+    ordinal: int | None
+
+    @classmethod
+    def parse(cls, value: str | None) -> LaneCursor | None:
+        if not value:
+            return None
+        stream_id, _, ordinal = value.partition("|")
+        return cls(stream_id, int(ordinal) if ordinal else None)
+
+    def pack(self) -> str:
+        return f"{self.stream_id}|{'' if self.ordinal is None else self.ordinal}"
+
+
+@dataclass(frozen=True)
+class LaneRetry:
+    """A lane's head event that failed: how many attempts so far, when the next may start (epoch ms,
+    Redis clock), and the last attempt's error."""
+
+    stream_id: str
+    attempts: int
+    next_ms: int
+    error: str
+
+    @classmethod
+    def parse(cls, value: str | None) -> LaneRetry | None:
+        if not value:
+            return None
+        stream_id, attempts, next_ms, error = value.split("|", 3)
+        return cls(stream_id, int(attempts), int(next_ms), error)
+
+
+@dataclass(frozen=True)
+class StreamTail:
+    """XINFO STREAM of a bucket's log, as far as webhooks need it. Events are only ever appended and
+    trimmed from the head (never XDEL), so entry ordinals are contiguous: the last entry is number
+    `entries_added`, the first retained one `entries_added - length + 1`."""
+
+    length: int
+    entries_added: int
+    last_id: str
+    first_id: str | None
+
+    @classmethod
+    def from_info(cls, info) -> StreamTail | None:
+        """An XINFO STREAM reply -> the tail; None for a missing stream (the reply is then an error)."""
+        if not isinstance(info, dict):
+            return None
+        first = info.get("first-entry")
+        last = info["last-generated-id"]
+        return cls(int(info["length"]), int(info["entries-added"]), last, first[0] if first else None)
+
+    def pending_after(self, cursor: LaneCursor | None) -> int:
+        """Events retained after `cursor`: exact when its ordinal is known, else at most `length`."""
+        if cursor is not None and self.handled(cursor):
+            return 0
+        if cursor is None or cursor.ordinal is None:
+            return self.length
+        return max(0, min(self.entries_added - cursor.ordinal, self.length))
+
+    def handled(self, cursor: LaneCursor) -> bool:
+        """Whether `cursor` is at or past the stream's last entry (nothing left after it)."""
+        return stream_order(cursor.stream_id) >= stream_order(self.last_id)
+
+
+def stream_order(stream_id: str) -> tuple[int, int]:
+    """A stream id as a sortable pair: "<ms>-<n>" -> (ms, n)."""
+    ms, _, n = stream_id.partition("-")
+    return int(ms), int(n)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event given up for one endpoint (its dead-letter stream): after how many attempts, when (the
+    entry's stream id, Redis clock), and why."""
+
+    entry_id: str
+    event_id: str
+    event_type: str
+    card_id: str
+    attempts: int
+    error: str
+
+    @property
+    def at_ms(self) -> int:
+        return int(self.entry_id.split("-", 1)[0])
+
+    @classmethod
+    def from_stream(cls, entry_id: str, fields: dict[str, str]) -> DeadLetter:
+        return cls(entry_id, fields["event"], fields.get("type", ""), fields.get("card", ""),
+                   _int(fields, "attempts"), fields.get("error", ""))  # fmt: skip
+
+    @staticmethod
+    def fields(event: Event, attempts: int, error: str) -> list[str]:
+        """A new dead letter's stream fields, flat, as webhook_lane.lua XADDs them."""
+        return ["event", event.id, "type", event.type, "card", event.card_id, "attempts", str(attempts), "error", error]
+
+
+@dataclass(frozen=True)
+class WebhookStats:
+    """An endpoint's counters (keys.py: gc:{w<id>}:stats), kept by webhook_lane.lua: events delivered,
+    failed attempts per kind, events dead-lettered, and the latency histogram (non-cumulative counts
+    per bound index "lat:<i>", 1-based; one past the last bound is +Inf; their sum in ms)."""
+
+    delivered: int
+    dead: int
+    failures: dict[str, int]
+    latency_counts: dict[int, int]
+    latency_sum_ms: int
+
+    @classmethod
+    def from_hash(cls, fields: dict[str, str]) -> WebhookStats:
+        return cls(
+            delivered=_int(fields, "delivered"),
+            dead=_int(fields, "dead"),
+            failures={k[5:]: int(v) for k, v in fields.items() if k.startswith("fail:")},
+            latency_counts={int(k[4:]): int(v) for k, v in fields.items() if k.startswith("lat:")},
+            latency_sum_ms=_int(fields, "lat_sum_ms"),
+        )

@@ -484,7 +484,7 @@ def test_app_json_describes_every_setting_and_starts_in_production():
         assert env[name]["generator"] == "secret"
     assert env["APP_ENV"]["value"] == "production"
     assert env["REDIS_SSL_CERT_REQS"]["value"] == "none"
-    assert set(manifest["formation"]) == {"web", "clock"}
+    assert set(manifest["formation"]) == {"web", "clock", "worker"}
 
     values = {name: spec.get("value", "") for name, spec in env.items() if spec.get("generator") != "secret"}
     # What "generator": "secret" makes: 64 hex characters.
@@ -498,7 +498,8 @@ def test_app_json_describes_every_setting_and_starts_in_production():
 
 def test_procfile_processes_and_python_version(app):
     processes = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
-    assert set(processes) == {"release", "web", "clock"}
+    assert set(processes) == {"release", "web", "clock", "worker"}
+    assert processes["worker"].split() == ["flask", "--app", "wsgi", "cards", "webhooks", "work"]
     assert processes["web"].startswith("gunicorn -c gunicorn.conf.py wsgi:app")
     release = processes["release"].split()  # migrates the store's layout before a release serves
     assert release == ["flask", "--app", "wsgi", "cards", "migrate"]

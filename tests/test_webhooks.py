@@ -1,0 +1,643 @@
+"""Webhooks: every event of the log delivered to each endpoint, signed, in order per card, at least once.
+
+A real HTTP receiver (a threaded http.server on loopback) answers as each test scripts it: 2xx, a
+500, a 400, a 410, a wait past the worker's timeout, a connection closed without an answer, or a
+request held open while the worker is killed. The worker runs in a thread for most tests, and as
+the Procfile's process (a subprocess, SIGKILLed and restarted) where a death or a second worker is
+the point. Redis is a real server; the delivery path runs once on the 3-primary cluster too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from giftcard_provider import create_app
+from giftcard_provider.errors import InvalidRequest
+from giftcard_provider.keys import Keys
+from giftcard_provider.money import exponent_of
+from giftcard_provider.records import stream_order
+from giftcard_provider.webhook_worker import Worker, backoff
+from giftcard_provider.webhooks import Webhooks, check_url
+
+from .conftest import APP_KEY, APP_TOKEN, make_settings
+from .hub import Hub
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADERS = {"X-PROVIDER-API-AppKey": APP_KEY, "X-PROVIDER-API-AppToken": APP_TOKEN}
+FAST = dict(
+    webhook_timeout_seconds=0.5, webhook_retry_base_seconds=0.05, webhook_retry_max_seconds=0.2, webhook_max_attempts=5
+)
+
+
+# -- the receiver --------------------------------------------------------------------
+
+
+class Receiver:
+    """Records every POST (webhook-id, headers, body); answers per a plan: event id -> the answers
+    of its successive attempts ("ok", "500", "400", "410", "timeout", "close", "hold"); then "ok"."""
+
+    def __init__(self, timeout: float = 0.5):
+        self.requests: list[tuple[str, dict, bytes]] = []
+        self.plan: dict[str, list[str]] = {}
+        self.every: str | None = None  # an answer for every request, whatever the plan
+        self.held = threading.Event()  # set when a "hold" request arrived
+        self.release = threading.Event()
+        self.timeout = timeout
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real receivers do
+
+            def do_POST(self):
+                length = int(self.headers["Content-Length"])
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender died mid-request: nothing was delivered
+                    self.close_connection = True
+                    return
+                message_id = self.headers["webhook-id"]
+                with receiver.lock:
+                    receiver.requests.append((message_id, dict(self.headers), body))
+                    planned = receiver.plan.get(message_id)
+                    answer = receiver.every or (planned.pop(0) if planned else "ok")
+                if answer == "close":
+                    self.close_connection = True  # no answer at all: the worker sees the connection drop
+                    return
+                if answer == "timeout":
+                    time.sleep(receiver.timeout + 0.5)
+                if answer == "hold":
+                    receiver.held.set()
+                    receiver.release.wait(30)
+                status = {"ok": 204, "500": 500, "400": 400, "410": 410}.get(answer, 204)
+                text = b"" if status == 204 else f"planned {status}".encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(text)))
+                    self.end_headers()
+                    self.wfile.write(text)
+                except OSError:
+                    pass  # the worker gave up (timeout) or died meanwhile
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/hooks"
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return [r[0] for r in self.requests]
+
+    def documents(self) -> list[dict]:
+        with self.lock:
+            return [json.loads(r[2], parse_float=Decimal) for r in self.requests]
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+# -- the service under test ----------------------------------------------------------------
+
+
+@pytest.fixture(params=["redis"])
+def redis_client(request):
+    return request.getfixturevalue("real_redis" if request.param == "redis" else "cluster_redis")
+
+
+def make_app(client, **overrides):
+    app = create_app(make_settings(**{**FAST, **overrides}), redis_client=client)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def app(redis_client):
+    return make_app(redis_client)
+
+
+def store_of(app):
+    return app.extensions["giftcard_provider"]["store"]
+
+
+def cli(app, *args):
+    return app.test_cli_runner().invoke(args=["cards", "webhooks", *args])
+
+
+def add_endpoint(app, url, *args) -> dict:
+    result = cli(app, "add", url, "--json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def log_events(app) -> list:
+    return list(store_of(app).all_events())
+
+
+def run_worker(app, done, timeout=20.0, **options) -> Worker:
+    """Run a worker in a thread until done() (checked between cycles) or the timeout; then stop it."""
+    worker = Worker(store_of(app), **{"threads": 4, "lease_seconds": 2.0, "poll_seconds": 0.02, **options})
+    deadline = time.monotonic() + timeout
+    thread = threading.Thread(target=worker.run, kwargs={"until": lambda: done() or time.monotonic() > deadline})
+    thread.start()
+    thread.join(timeout + 10)
+    assert not thread.is_alive()
+    assert done(), "the worker did not finish in time"
+    return worker
+
+
+def pending(app, endpoint_id) -> int:
+    hooks = Webhooks(store_of(app))
+    return hooks.pending([hooks.endpoint(endpoint_id)])[endpoint_id]
+
+
+def card_life(hub: Hub) -> list[str]:
+    """Three cards with a few movements each (credit, debit, settle, cancel). Returns their ids."""
+    ids = []
+    for currency, load, hold, settle in (("BRL", "100.10", "40.05", "1"), ("JPY", "5000", "2500", "1"),
+                                         ("KWD", "12.345", "6.001", "0.001")):  # fmt: skip
+        card = hub.funded_card(Decimal(load), currencyCode=currency)["id"]
+        tx = hub.debit(card, Decimal(hold))
+        hub.settle(card, tx, Decimal(settle))
+        hub.cancel(card, tx, Decimal("1"))
+        ids.append(card)
+    return ids
+
+
+def check_deliveries(receiver: Receiver, events: list, secret: str) -> None:
+    """Every event received, with a valid signature, its id as webhook-id, exact amounts; and per
+    card, first receipts in seq order."""
+    signer = Webhook(secret)
+    first_seen: dict[str, int] = {}
+    per_card = defaultdict(list)
+    with receiver.lock:
+        requests = list(receiver.requests)
+    for message_id, headers, body in requests:
+        signer.verify(body, headers, json_parse=False)  # raises unless signed with this secret
+        document = json.loads(body, parse_float=Decimal)
+        data = document["data"]
+        assert data["id"] == message_id and document["type"] == f"giftcard.{data['type']}"
+        exponent = exponent_of(data["currency"])
+        for name in ("amount", "availableAfter", "heldAfter"):
+            assert Decimal(data[name]) == Decimal(data[f"{name}Minor"]).scaleb(-exponent)
+            assert isinstance(data[f"{name}Minor"], int)
+        if message_id not in first_seen:
+            first_seen[message_id] = data["seq"]
+            per_card[data["cardId"]].append(data["seq"])
+    assert set(first_seen) == {e.id for e in events}
+    for card_id, seqs in per_card.items():
+        assert seqs == sorted(seqs), f"card {card_id} received out of order: {seqs}"
+
+
+# -- delivery --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("redis_client", ["redis", "cluster"], indirect=True)
+def test_every_event_is_delivered_once_signed_in_order_with_exact_amounts(app, receiver):
+    endpoint = add_endpoint(app, receiver.url)
+    card_life(Hub(app.test_client(), HEADERS))
+    events = log_events(app)
+    assert len(events) >= 15
+    assert pending(app, endpoint["id"]) == len(events)
+    run_worker(app, lambda: len(receiver.ids()) >= len(events) and pending(app, endpoint["id"]) == 0)
+    check_deliveries(receiver, events, endpoint["secret"])
+    assert sorted(receiver.ids()) == sorted(e.id for e in events)  # no failure, so no duplicate
+    _, headers, body = receiver.requests[0]
+    Webhook(endpoint["secret"]).verify(body, headers)  # the library's own check, headers as received
+    with pytest.raises(WebhookVerificationError):
+        Webhook(endpoint["secret"]).verify(body.replace(b'"seq":', b'"seq": '), headers)
+    assert Webhooks(store_of(app)).stats(endpoint["id"]).delivered == len(events)
+
+
+def test_failures_are_retried_with_the_same_id_until_the_receiver_recovers(app, receiver):
+    endpoint = add_endpoint(app, receiver.url)
+    hub = Hub(app.test_client(), HEADERS)
+    card = hub.funded_card(Decimal("50"))["id"]
+    hub.debit(card, Decimal("10"))
+    events = log_events(app)  # created, credit, authorize: one card, one lane
+    troubled = events[1].id
+    receiver.plan[troubled] = ["500", "timeout", "close"]
+    run_worker(app, lambda: pending(app, endpoint["id"]) == 0)
+    check_deliveries(receiver, events, endpoint["secret"])
+    ids = receiver.ids()
+    assert ids.count(troubled) == 4  # three failures, then the success: always the same webhook-id
+    assert [i for i in ids if i != troubled] == [events[0].id, events[2].id]  # the others once each
+    assert ids.index(events[2].id) > max(i for i, m in enumerate(ids) if m == troubled)  # held back until then
+    timestamps = [int(r[1]["webhook-timestamp"]) for r in receiver.requests if r[0] == troubled]
+    assert timestamps == sorted(timestamps)  # each attempt signed anew at its own time
+    stats = Webhooks(store_of(app)).stats(endpoint["id"])
+    assert stats.failures == {"http_5xx": 1, "timeout": 1, "connection": 1}
+    assert stats.delivered == 3 and stats.dead == 0
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap():
+    class Fixed:
+        def __init__(self, value):
+            self.value = value
+
+        def uniform(self, low, high):
+            return low + (high - low) * self.value
+
+    assert [backoff(n, 5, 3600, Fixed(1.0)) for n in (1, 2, 3, 10, 11, 50)] == [5, 10, 20, 2560, 3600, 3600]
+    assert [backoff(n, 5, 3600, Fixed(0.0)) for n in (1, 2, 11)] == [2.5, 5, 1800]
+
+
+def test_a_failing_event_goes_to_the_dead_letters_after_n_attempts_and_blocks_nothing(app, receiver):
+    endpoint = add_endpoint(app, receiver.url)
+    hub = Hub(app.test_client(), HEADERS)
+    card = hub.funded_card(Decimal("50"))["id"]
+    hub.debit(card, Decimal("10"))
+    other = hub.funded_card(Decimal("7"))["id"]
+    events = log_events(app)
+    poison = next(e for e in events if e.card_id == card and e.type == "credit")
+    receiver.plan[poison.id] = ["400"] * 5
+    run_worker(app, lambda: pending(app, endpoint["id"]) == 0)
+    ids = receiver.ids()
+    assert ids.count(poison.id) == 5  # WEBHOOK_MAX_ATTEMPTS (5 here), then given up
+    assert {e.id for e in events} - {poison.id} <= set(ids)  # the card's later events and the other card's
+    later = next(e for e in events if e.card_id == card and e.type == "authorize")
+    assert ids.index(later.id) > max(i for i, m in enumerate(ids) if m == poison.id)  # in order after it
+    assert other
+
+    result = cli(app, "failures", endpoint["id"], "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["retrying"] == [] and report["deadLetterCount"] == 1
+    [letter] = report["deadLetters"]
+    assert (letter["event"], letter["type"], letter["attempts"]) == (poison.id, "credit", 5)
+    assert letter["error"] == "HTTP 400: planned 400"
+    text = cli(app, "failures", endpoint["id"]).output
+    assert f"{poison.id}  credit" in text and "after 5 attempt(s): HTTP 400: planned 400" in text
+
+    # The receiver is fixed: the operator replays the dead letter, which then leaves the list.
+    result = cli(app, "replay", endpoint["id"], "--event", poison.id)
+    assert result.exit_code == 0, result.output
+    assert f"{poison.id}: delivered (HTTP 204" in result.output
+    assert receiver.ids().count(poison.id) == 6
+    assert Webhooks(store_of(app)).dead_count(endpoint["id"]) == 0
+    stats = Webhooks(store_of(app)).stats(endpoint["id"])
+    assert (stats.dead, stats.failures) == (1, {"http_4xx": 5})
+
+
+def test_replay_of_every_dead_letter_keeps_those_still_failing(app, receiver):
+    endpoint = add_endpoint(app, receiver.url)
+    hub = Hub(app.test_client(), HEADERS)
+    hub.funded_card(Decimal("5"))
+    events = log_events(app)
+    receiver.every = "500"
+    hooks = Webhooks(store_of(app))
+    run_worker(app, lambda: hooks.dead_count(endpoint["id"]) == len(events))
+    result = cli(app, "replay", endpoint["id"], "--failed")
+    assert result.exit_code == 1 and "0 delivered, 2 failed" in result.output
+    assert hooks.dead_count(endpoint["id"]) == 2
+    receiver.every = None
+    result = cli(app, "replay", endpoint["id"], "--failed")
+    assert result.exit_code == 0 and "2 delivered, 0 failed" in result.output
+    assert hooks.dead_count(endpoint["id"]) == 0
+
+
+def test_410_gone_pauses_the_endpoint_and_keeps_the_event(app, receiver):
+    endpoint = add_endpoint(app, receiver.url)
+    Hub(app.test_client(), HEADERS).funded_card(Decimal("5"))
+    events = log_events(app)
+    receiver.plan[events[0].id] = ["410"]
+    hooks = Webhooks(store_of(app))
+    run_worker(app, lambda: hooks.endpoint(endpoint["id"]).paused)
+    assert "410 Gone" in hooks.endpoint(endpoint["id"]).paused_reason
+    assert receiver.ids() == [events[0].id] and pending(app, endpoint["id"]) == len(events)
+    assert cli(app, "resume", endpoint["id"]).exit_code == 0
+    run_worker(app, lambda: pending(app, endpoint["id"]) == 0)
+    assert receiver.ids() == [events[0].id, *(e.id for e in events)]
+
+
+def test_filters_pause_and_resume(app, receiver):
+    credits = add_endpoint(app, receiver.url, "--types", "credit,settle")
+    hooks = Webhooks(store_of(app))
+    assert cli(app, "pause", credits["id"], "--reason", "receiver maintenance").exit_code == 0
+    hub = Hub(app.test_client(), HEADERS)
+    card = hub.funded_card(Decimal("30"))["id"]
+    tx = hub.debit(card, Decimal("10"))
+    hub.settle(card, tx, Decimal("10"))
+    events = log_events(app)
+    run_worker(app, lambda: True, timeout=1)  # one pass: a paused endpoint gets nothing
+    time.sleep(0.2)
+    assert receiver.ids() == [] and pending(app, credits["id"]) == len(events)
+    listed = cli(app, "list").output
+    assert "paused (receiver maintenance)" in listed and f"pending {len(events)}" in listed
+    assert cli(app, "resume", credits["id"]).exit_code == 0
+    run_worker(app, lambda: pending(app, credits["id"]) == 0)
+    wanted = [e.id for e in events if e.type in ("credit", "settle")]
+    assert receiver.ids() == wanted and len(wanted) == 2  # the rest filtered out, and passed
+    assert hooks.stats(credits["id"]).delivered == 2
+
+
+def test_replay_from_an_event_or_a_date_delivers_again_in_order(app, receiver):
+    endpoint = add_endpoint(app, receiver.url)
+    hub = Hub(app.test_client(), HEADERS)
+    card = hub.funded_card(Decimal("30"))["id"]
+    hub.debit(card, Decimal("10"))
+    events = log_events(app)
+    run_worker(app, lambda: pending(app, endpoint["id"]) == 0)
+    assert receiver.ids() == [e.id for e in events]
+
+    result = cli(app, "replay", endpoint["id"], "--from", events[1].id)
+    assert result.exit_code == 0, result.output
+    assert pending(app, endpoint["id"]) <= len(events)  # an upper bound until the lane catches up
+    run_worker(app, lambda: pending(app, endpoint["id"]) == 0)
+    assert receiver.ids() == [e.id for e in events] + [e.id for e in events[1:]]
+
+    receiver.requests.clear()
+    assert cli(app, "replay", endpoint["id"], "--from", "beginning").exit_code == 0
+    run_worker(app, lambda: pending(app, endpoint["id"]) == 0)
+    assert receiver.ids() == [e.id for e in events]
+
+    receiver.requests.clear()
+    later = hub.funded_card(Decimal("1"))["id"]
+    run_worker(app, lambda: pending(app, endpoint["id"]) == 0)
+    new = [e for e in log_events(app) if e.card_id == later]
+    receiver.requests.clear()
+    from schemas.common import iso_ms
+
+    assert cli(app, "replay", endpoint["id"], "--from", iso_ms(new[0].at_ms)).exit_code == 0
+    run_worker(app, lambda: pending(app, endpoint["id"]) == 0)
+    assert receiver.ids() == [e.id for e in new]
+
+    for bad in ("yesterday", "zz-1-1"):
+        result = cli(app, "replay", endpoint["id"], "--from", bad)
+        assert result.exit_code == 2 and "event id" in result.output
+    assert cli(app, "replay", endpoint["id"]).exit_code == 2
+    result = cli(app, "replay", endpoint["id"], "--event", "1e-1-0")
+    assert result.exit_code == 1 and "no event 1e-1-0" in result.output
+
+
+def test_a_new_endpoint_starts_now_unless_told_otherwise(app, receiver):
+    hub = Hub(app.test_client(), HEADERS)
+    hub.funded_card(Decimal("3"))
+    before = log_events(app)
+    now = add_endpoint(app, receiver.url)
+    everything = add_endpoint(app, receiver.url, "--start", "beginning")
+    assert pending(app, now["id"]) == 0 and pending(app, everything["id"]) == len(before)
+    hub.funded_card(Decimal("4"))
+    after = [e for e in log_events(app) if e.id not in {b.id for b in before}]
+    assert pending(app, now["id"]) == len(after)
+    run_worker(app, lambda: pending(app, now["id"]) == 0 and pending(app, everything["id"]) == 0)
+    ids = receiver.ids()
+    assert sorted(ids) == sorted([e.id for e in after] * 2 + [e.id for e in before])
+
+
+# -- operator commands -----------------------------------------------------------------
+
+
+def test_add_shows_the_secret_once_and_list_never(app, receiver):
+    result = cli(app, "add", receiver.url, "--description", "CRM")
+    assert result.exit_code == 0, result.output
+    secret = re.search(r"secret  (whsec_\S+)", result.output)[1]
+    assert len(__import__("base64").b64decode(secret.removeprefix("whsec_"))) == 32
+    endpoint_id = re.search(r"added endpoint (we_[0-9a-f]{12})", result.output)[1]
+    for args in (("list",), ("list", "--json"), ("failures", endpoint_id)):
+        shown = cli(app, *args)
+        assert shown.exit_code == 0 and secret not in shown.output and secret[6:20] not in shown.output
+    listed = json.loads(cli(app, "list", "--json").output)["endpoints"]
+    assert [(e["id"], e["url"], e["description"], e["paused"]) for e in listed] == [
+        (endpoint_id, receiver.url, "CRM", False)
+    ]
+    assert "secret" not in listed[0]
+    assert cli(app, "remove", endpoint_id).output == f"removed endpoint {endpoint_id} ({receiver.url})\n"
+    assert json.loads(cli(app, "list", "--json").output) == {"endpoints": []}
+    result = cli(app, "remove", endpoint_id)
+    assert result.exit_code == 1 and f"no webhook endpoint {endpoint_id}" in result.output
+    keys = Keys(store_of(app).keys.prefix).webhook(endpoint_id)
+    assert not any(store_of(app).redis.exists(k) for k in keys.values())
+
+
+@pytest.mark.parametrize(
+    ("url", "production", "message"),
+    [
+        ("http://receiver.example.com/hooks", True, "https:// URLs only"),
+        ("ftp://receiver.example.com/", False, "must start with https://"),
+        ("https:///hooks", False, "no host"),
+        ("https://user:pw@receiver.example.com/", False, "no credentials in the URL"),
+        ("https://receiver.example.com/#x", False, "#fragment"),
+        ("https://receiver.example.com:99999/", False, "not a valid URL"),
+        ("https://receiver.example.com/a b", False, "spaces"),
+    ],
+)
+def test_urls_are_checked(url, production, message):
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        check_url(url, production=production)
+
+
+def test_bad_input_is_refused_and_changes_nothing(app, receiver):
+    for args, message in (
+        (("add", "ftp://x.example/"), "must start with https://"),
+        (("add", receiver.url, "--types", "credit,refunds"), "unknown refunds"),
+        (("add", receiver.url, "--start", "soon"), "now, beginning, an event id"),
+    ):
+        result = cli(app, *args)
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert json.loads(cli(app, "list", "--json").output) == {"endpoints": []}
+    for command in ("pause", "resume", "failures", "remove"):
+        result = cli(app, command, "we_000000000000")
+        assert result.exit_code == 1 and "no webhook endpoint we_000000000000" in result.output
+    production = make_app(store_of(app).redis, app_env="production")
+    result = cli(production, "add", "http://x.example/")
+    assert result.exit_code == 2 and "https:// URLs only" in result.output
+    assert check_url(receiver.url, production=False) == receiver.url  # http is development's
+
+
+# -- workers: killed, restarted, several at once ---------------------------------------------
+
+
+def start_worker(redis_url: str, *extra: str) -> subprocess.Popen:
+    """The Procfile's worker line, as a process of its own."""
+    env = {
+        **os.environ,
+        "APP_ENV": "development",
+        "REDIS_URL": redis_url,
+        "PROVIDER_API_APP_KEY": APP_KEY,
+        "PROVIDER_API_APP_TOKEN": APP_TOKEN,
+        "WEBHOOK_TIMEOUT_SECONDS": "2",
+        "WEBHOOK_RETRY_BASE_SECONDS": "0.05",
+        "WEBHOOK_RETRY_MAX_SECONDS": "0.2",
+        "LOG_LEVEL": "WARNING",
+    }
+    procfile = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
+    command = procfile["worker"].split()
+    assert command[0] == "flask"
+    args = [sys.executable, "-m", "flask", *command[1:], "--lease", "1", "--poll", "0.02", *extra]
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop(process: subprocess.Popen) -> str:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=30)
+    return out
+
+
+def wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_worker_killed_mid_delivery_loses_nothing_and_repeats_only_that_event(real_redis, redis_server, receiver):
+    app = make_app(real_redis)
+    endpoint = add_endpoint(app, receiver.url)
+    hub = Hub(app.test_client(), HEADERS)
+    cards = [hub.funded_card(Decimal("20"))["id"] for _ in range(4)]
+    for card in cards:
+        hub.debit(card, Decimal("5"))
+    events = log_events(app)
+    in_flight = next(e for e in events if e.card_id == cards[0] and e.type == "credit")
+    receiver.plan[in_flight.id] = ["hold"]
+
+    first = start_worker(redis_server.url)
+    try:
+        assert receiver.held.wait(30), "the held event never arrived"
+        first.kill()  # SIGKILL while the receiver holds that POST: no answer recorded, lease not given back
+    finally:
+        stop(first)
+    # What the receiver got that the dead worker had not recorded: the events it had in flight, at
+    # most one per delivery thread (8). Only these may come twice.
+    received = set(receiver.ids())
+    cursors = Webhooks(store_of(app)).cursors(endpoint["id"])
+    unrecorded = {
+        e.id for e in events
+        if e.id in received and (cursors[e.bucket] is None or stream_order(cursors[e.bucket].stream_id)
+                                 < stream_order(e.stream_id))
+    }  # fmt: skip
+    assert in_flight.id in unrecorded and len(unrecorded) <= 8
+    receiver.release.set()
+    second = start_worker(redis_server.url)
+    try:
+        wait_for(lambda: pending(app, endpoint["id"]) == 0 and set(receiver.ids()) >= {e.id for e in events})
+    finally:
+        output = stop(second)
+    assert "stopped" in output, output
+    check_deliveries(receiver, events, endpoint["secret"])
+    ids = receiver.ids()
+    duplicates = {i for i in ids if ids.count(i) > 1}
+    assert in_flight.id in duplicates and duplicates <= unrecorded, (duplicates, unrecorded)
+    assert Webhooks(store_of(app)).stats(endpoint["id"]).delivered == len(events)
+
+
+def test_two_workers_share_the_lanes_and_deliver_each_event_once(real_redis, redis_server, receiver):
+    app = make_app(real_redis)
+    endpoint = add_endpoint(app, receiver.url)
+    workers = [start_worker(redis_server.url, "--threads", "2") for _ in range(2)]
+    leases_key = Keys().webhook(endpoint["id"])["leases"]
+
+    def owners():
+        return Counter(lease.split("|")[0] for lease in store_of(app).redis.hvals(leases_key))
+
+    try:
+        wait_for(lambda: sorted(owners().values()) == [128, 128])  # once both are up: 128 lanes each
+        hub = Hub(app.test_client(), HEADERS)
+        for _ in range(12):
+            card = hub.funded_card(Decimal("9"))["id"]
+            hub.debit(card, Decimal("2"))
+            time.sleep(0.05)
+        events = log_events(app)
+        wait_for(lambda: pending(app, endpoint["id"]) == 0 and len(receiver.ids()) >= len(events))
+        assert sorted(owners().values()) == [128, 128]
+    finally:
+        outputs = [stop(w) for w in workers]
+    assert all("stopped" in out for out in outputs), outputs
+    check_deliveries(receiver, events, endpoint["secret"])
+    assert sorted(receiver.ids()) == sorted(e.id for e in events)  # no failure: none twice
+    assert owners() == {}  # given back on SIGTERM
+
+
+# -- metrics and docs ---------------------------------------------------------------------
+
+
+def test_metrics_show_pending_deliveries_failures_latency_and_workers(app, receiver):
+    endpoint = add_endpoint(app, receiver.url)
+    hub = Hub(app.test_client(), HEADERS)
+    hub.funded_card(Decimal("5"))
+    events = log_events(app)
+    receiver.plan[events[0].id] = ["500"]
+
+    def scrape() -> str:
+        response = app.test_client().get("/metrics")
+        assert response.status_code == 200
+        return response.get_data(as_text=True)
+
+    text = scrape()
+    label = f'endpoint="{endpoint["id"]}"'
+    assert f"giftcard_webhook_events_pending{{{label}}} {len(events)}.0" in text
+    assert "giftcard_webhook_workers 0.0" in text
+    run_worker(app, lambda: pending(app, endpoint["id"]) == 0)
+    text = scrape()
+    assert f"giftcard_webhook_events_pending{{{label}}} 0.0" in text
+    assert f"giftcard_webhook_deliveries_total{{{label}}} {len(events)}.0" in text
+    assert f'giftcard_webhook_failed_attempts_total{{{label},kind="http_5xx"}} 1.0' in text
+    assert f"giftcard_webhook_delivery_latency_seconds_count{{{label}}} {len(events)}.0" in text
+    assert f'giftcard_webhook_delivery_latency_seconds_bucket{{{label},le="+Inf"}} {len(events)}.0' in text
+    assert f"giftcard_webhook_dead_letters{{{label}}} 0.0" in text
+
+
+def test_the_receiver_in_the_docs_verifies_a_real_delivery(app, receiver):
+    """docs/webhooks.md's receiver, run as written, on a request the worker really sent."""
+    doc = (ROOT / "docs" / "webhooks.md").read_text()
+    snippet = re.search(r"```python\n(# receiver\.py.*?)```", doc, re.S)[1]
+    endpoint = add_endpoint(app, receiver.url)
+    Hub(app.test_client(), HEADERS).funded_card(Decimal("12.5"), currencyCode="BRL")
+    run_worker(app, lambda: pending(app, endpoint["id"]) == 0)
+    namespace = {"__name__": "receiver"}
+    os.environ["WEBHOOK_SECRET"] = endpoint["secret"]
+    try:
+        exec(compile(snippet, "docs/webhooks.md", "exec"), namespace)
+        handled = [namespace["handle"](body, headers) for _, headers, body in receiver.requests]
+        credit = next(h for h in handled if h["type"] == "giftcard.credit")
+        assert credit["data"]["amount"] == Decimal("12.5")
+        _, headers, body = receiver.requests[0]
+        with pytest.raises(WebhookVerificationError):
+            namespace["handle"](body + b" ", headers)
+    finally:
+        del os.environ["WEBHOOK_SECRET"]
+
+
+def test_webhook_settings_are_read_and_checked():
+    from giftcard_provider.config import ConfigError, Settings
+
+    env = {"APP_ENV": "development", "WEBHOOK_MAX_ATTEMPTS": "3", "WEBHOOK_TIMEOUT_SECONDS": "2.5",
+           "WEBHOOK_RETRY_BASE_SECONDS": "1", "WEBHOOK_RETRY_MAX_SECONDS": "60"}  # fmt: skip
+    s = Settings.from_env(env)
+    assert (s.webhook_max_attempts, s.webhook_timeout_seconds, s.webhook_retry_base_seconds,
+            s.webhook_retry_max_seconds) == (3, 2.5, 1.0, 60.0)  # fmt: skip
+    assert Settings.from_env({"APP_ENV": "development"}).webhook_max_attempts == 12
+    for name, value in (("WEBHOOK_MAX_ATTEMPTS", "0"), ("WEBHOOK_TIMEOUT_SECONDS", "-1"),
+                        ("WEBHOOK_MAX_ATTEMPTS", "2.5")):  # fmt: skip
+        with pytest.raises(ConfigError, match=name if value != "2.5" else "invalid setting"):
+            Settings.from_env({"APP_ENV": "development", name: value})
