@@ -28,7 +28,9 @@ def _collapse_slashes(wsgi_app):
     """Route "//giftcards/..." like "/giftcards/...": the Hub has been seen to double them."""
 
     def middleware(environ, start_response):
-        environ["PATH_INFO"] = _SLASHES.sub("/", environ.get("PATH_INFO", ""))
+        path = environ.get("PATH_INFO", "")
+        if "//" in path:
+            environ["PATH_INFO"] = _SLASHES.sub("/", path)
         return wsgi_app(environ, start_response)
 
     return middleware
