@@ -2,8 +2,11 @@
 
 Issue and load cards, inspect them, block or deactivate them, verify the
 ledger, export journals for finance, and release expired holds (once, or
-forever as the Procfile's ``clock`` process). Every command prints text for
-people, or one JSON document with ``--json`` (``export`` always writes NDJSON).
+forever as the Procfile's ``clock`` process). The finance reports
+(cli_reports.py), the webhook commands and worker (cli_webhooks.py) and the
+go-live check (cli_golive.py) are attached to the same ``cards`` group at the
+end of this module. Every command prints text for people, or one JSON document
+with ``--json`` (``export`` always writes NDJSON; the reports take ``--format``).
 Amounts in JSON are strings with the currency's decimals ("12.50"), next to
 integer minor units ("amountMinor": 1250), so no tool ever parses them as
 floats. Bad input exits 2 with a usage message; a refusal or an unknown card

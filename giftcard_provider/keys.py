@@ -9,7 +9,8 @@ function call writes a card together with its bucket's indexes, books and events
                                         allocation in jemalloc's 48-byte class, 16 B a card
     gc:{b<bb>}:cards:<nn>       hash    card id -> created ms: the bucket's cards, in 64 sub-shards
                                         (nn = the id's 3rd-4th hex digits mod 64, so each stays a
-                                        compact listpack); verify, export and reports walk these
+                                        compact listpack); verify and the breakage and expiring
+                                        reports walk these (export reads the events)
     gc:{b<bb>}:codes:<nn>       hash    code digest -> card id: the code index (digest = the first
                                         32 hex of HMAC-SHA256 of the normalised code; bucket and
                                         nn from its first four digits; a new card's id starts with
@@ -65,7 +66,8 @@ checks a lane's lease and moves its cursor atomically, also on a cluster::
     gc:webhooks                 set     the endpoint ids
     gc:webhooks:workers         zset    worker id -> when its heartbeat expires (epoch ms, Redis clock):
                                         the live workers, who share the lanes between them
-    gc:{w<id>}:endpoint         hash    url, secret, types, paused, description, created (records.Endpoint)
+    gc:{w<id>}:endpoint         hash    url, secret, types, paused, paused_reason, description, created
+                                        (records.Endpoint); <id> is the endpoint id, "we_..."
     gc:{w<id>}:cursor           hash    bucket -> "<last stream id handled>|<its ordinal in the bucket's
                                         stream, or empty>": the endpoint's durable position
     gc:{w<id>}:leases           hash    bucket -> "<worker id>|<expires ms>": who delivers that lane

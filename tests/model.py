@@ -1,4 +1,4 @@
-"""The ledger as a plain-Python reference model: the executable form of docs/protocol-behaviour.md.
+"""The ledger as a plain-Python reference model: the executable form of docs/api.md, "Behaviour decisions".
 
 No Redis, no HTTP, no ids of its own: the service under test names cards,
 transactions and operations, and the model is told those names. Each request
