@@ -992,3 +992,5 @@ cards.add_command(report)
 from .cli_webhooks import webhooks_group  # noqa: E402 (it imports this module's parameter types)
 
 cards.add_command(webhooks_group)
+
+from . import cli_bulk  # noqa: E402, F401  (its commands join `cards`: issue-batch, batches, load-csv, import-csv)

@@ -33,6 +33,9 @@ Owners are indexed apart, because one owner's cards live in many buckets::
                                         ms): later release phases return at once (migration.py)
     gc:consumers:<name>         hash    bucket -> the last event stream id consumer <name> handled
                                         (`flask cards events --consumer`, events.py)
+    gc:batches                  hash    the batches of `flask cards issue-batch`: per batch id its
+                                        definition, progress, wrapped secret until its codes are
+                                        written, and what was written (records.py: batch_fields)
     gc:limits:<scope>:<seconds>:<n>
                                 hash    failed code look-ups in window n (epoch seconds // seconds) of a
                                         limit of that length, scope client (a shopper's whole identity)
@@ -184,6 +187,10 @@ class Keys:
         """One endpoint's keys, all in its slot: endpoint, cursor, leases, retry, dead, stats."""
         tag = f"{self.prefix}:{{w{endpoint_id}}}"
         return {part: f"{tag}:{part}" for part in ("endpoint", "cursor", "leases", "retry", "dead", "stats")}
+
+    def batches(self) -> str:
+        """Every bulk issuance batch, one hash (records.batch_fields names a batch's fields: bulk_issue.py)."""
+        return f"{self.prefix}:batches"
 
     def layout(self) -> str:
         """The store's layout version: "v2"; absent on a v1 store (migration.py)."""

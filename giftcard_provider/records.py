@@ -13,6 +13,7 @@ milliseconds on Redis's clock.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 # The card's own fields as gc_read_card returns them (ledger.lua: CARD_FIELDS, same order).
@@ -719,3 +720,130 @@ class WebhookStats:
             latency_counts={int(k[4:]): int(v) for k, v in fields.items() if k.startswith("lat:")},
             latency_sum_ms=_int(fields, "lat_sum_ms"),
         )
+
+
+# -- bulk issuance batches (bulk_issue.py) -------------------------------------------------------
+# One hash, keys.batches(), holds every batch of `flask cards issue-batch`; a batch's fields all start
+# with its id (ids hold no "|": keys.is_valid_id):
+#   <id>          its definition (JSON: BatchSpec, plus what was resolved when it was registered)
+#   <id>|key      its secret, wrapped (hex); deleted once its codes are written (bulk_issue.py)
+#   <id>|done     the cards confirmed so far (progress: creation resumes from there)
+#   <id>|a        the rare redraws: JSON {index: attempt} for indexes whose first code was taken
+#   <id>|out      once published: "<ms>|<rows>|<sha256 of the CSV>"
+
+
+def batch_fields(batch_id: str) -> list[str]:
+    """The fields of one batch in the batches hash, in the order Batch.from_values reads them."""
+    return [batch_id, f"{batch_id}|key", f"{batch_id}|done", f"{batch_id}|a", f"{batch_id}|out"]
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """What a batch issues: `count` cards with these terms, each loaded with `load_minor` (0: none).
+
+    emission_ms / expiring_ms / valid_days are the operator's options as given (None: not given), so a
+    rerun can be compared with the run that registered the batch."""
+
+    count: int
+    currency: str
+    load_minor: int
+    relation_name: str
+    caption: str
+    profile_id: str
+    restricted_to_owner: bool
+    multiple_redemptions: bool
+    multiple_credits: bool
+    emission_ms: int | None = None
+    expiring_ms: int | None = None
+    valid_days: int | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "count": self.count, "currency": self.currency, "loadMinor": self.load_minor,
+            "relationName": self.relation_name, "caption": self.caption, "profileId": self.profile_id,
+            "restrictedToOwner": self.restricted_to_owner, "multipleRedemptions": self.multiple_redemptions,
+            "multipleCredits": self.multiple_credits, "emissionMs": self.emission_ms,
+            "expiringMs": self.expiring_ms, "validDays": self.valid_days,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BatchSpec:
+        return cls(
+            count=int(d["count"]), currency=d["currency"], load_minor=int(d["loadMinor"]),
+            relation_name=d["relationName"], caption=d["caption"], profile_id=d["profileId"],
+            restricted_to_owner=bool(d["restrictedToOwner"]), multiple_redemptions=bool(d["multipleRedemptions"]),
+            multiple_credits=bool(d["multipleCredits"]), emission_ms=d.get("emissionMs"),
+            expiring_ms=d.get("expiringMs"), valid_days=d.get("validDays"),
+        )  # fmt: skip
+
+    def differences(self, other: BatchSpec) -> list[str]:
+        """The terms in which `other` differs from this spec, as "name: this -> other"."""
+        mine, theirs = self.as_dict(), other.as_dict()
+        return [f"{name}: {mine[name]!r} -> {theirs[name]!r}" for name in mine if mine[name] != theirs[name]]
+
+
+@dataclass(frozen=True)
+class Published:
+    """A batch whose codes were written: when (ms), how many rows, and the CSV's SHA-256."""
+
+    at_ms: int
+    rows: int
+    sha256: str
+
+    def pack(self) -> str:
+        return f"{self.at_ms}|{self.rows}|{self.sha256}"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of `flask cards issue-batch`, as the batches hash holds it."""
+
+    id: str
+    spec: BatchSpec
+    registered_ms: int
+    expiring_ms: int | None  # resolved at registration (--valid-days: from then); None: each card's default
+    wrapped_key: str | None  # None once published (or before the key was stored)
+    done: int
+    attempts: dict[int, int]
+    published: Published | None
+
+    def definition(self) -> str:
+        """The <id> field: the spec and what was resolved at registration."""
+        return json.dumps(
+            {"spec": self.spec.as_dict(), "registeredMs": self.registered_ms, "expiringMs": self.expiring_ms},
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_values(cls, batch_id: str, values: list[str | None]) -> Batch | None:
+        """HMGET of batch_fields(batch_id) -> the batch, or None if it was never registered."""
+        definition, key, done, attempts, out = values
+        if definition is None:
+            return None
+        d = json.loads(definition)
+        published = None
+        if out:
+            at_ms, rows, sha = out.split("|")
+            published = Published(int(at_ms), int(rows), sha)
+        return cls(
+            id=batch_id,
+            spec=BatchSpec.from_dict(d["spec"]),
+            registered_ms=int(d["registeredMs"]),
+            expiring_ms=d.get("expiringMs"),
+            wrapped_key=key or None,
+            done=int(done or 0),
+            attempts={int(i): int(a) for i, a in json.loads(attempts or "{}").items()},
+            published=published,
+        )
+
+    @staticmethod
+    def pack_attempts(attempts: dict[int, int]) -> str:
+        """The <id>|a field: which attempt each redrawn card number is at."""
+        return json.dumps({str(n): a for n, a in sorted(attempts.items())})
+
+    @classmethod
+    def all_from_hash(cls, fields: dict[str, str]) -> list[Batch]:
+        """HGETALL of the batches hash -> every batch, oldest first."""
+        ids = [name for name in fields if "|" not in name]
+        found = [cls.from_values(i, [fields.get(f) for f in batch_fields(i)]) for i in ids]
+        return sorted((b for b in found if b), key=lambda b: (b.registered_ms, b.id))

@@ -1,0 +1,207 @@
+"""Bulk operator commands (docs/bulk.md): issue a batch of cards, load credits and import cards from CSV.
+
+They join the `cards` group when cli.py imports this module (its last line). Progress bars go to
+stderr, so stdout stays data (--json).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+from marshmallow import ValidationError
+
+from schemas.common import epoch_ms, iso_ms
+from schemas.giftcards import CreateCardRequestSchema
+
+from .bulk_issue import BatchIssuer, batches
+from .cli import (
+    _OPTION_OF_FIELD,
+    AMOUNT,
+    CURRENCY,
+    _checked_minor,
+    _emit,
+    _settings,
+    _store,
+    cards,
+    json_option,
+    major,
+)
+from .identity import normalise as normalise_identity
+from .money import exponent_of
+from .records import Batch, BatchSpec
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, length: int):
+    """click's progress bar on stderr (stdout is data). Shows nothing when stderr is not a terminal
+    but the label, once."""
+    with click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True, show_eta=True) as bar:
+        yield bar
+
+
+def _now_ms() -> int:
+    return epoch_ms(datetime.now(UTC))
+
+
+# -- issue-batch --------------------------------------------------------------------------------------
+
+
+@cards.command("issue-batch")
+@click.option("--batch-id", required=True, help="Names the batch: a rerun with the same id completes it.")
+@click.option("--count", type=click.IntRange(min=1, max=10_000_000), required=True, help="Cards to issue.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The CSV of codes to create (0600; never overwritten).",
+)
+@click.option("--relation-name", required=True, help="The program the cards belong to (VTEX's relationName).")
+@click.option("--caption", default="", help="The text shoppers see for the cards.")
+@click.option("--profile-id", required=True, help="The owner of every card: a VTEX client id or e-mail address.")
+@click.option("--currency", type=CURRENCY, help="ISO 4217 code. [default: DEFAULT_CURRENCY]")
+@click.option("--load", "load_amount", type=AMOUNT, help="Initial balance of each card in major units, e.g. 25.")
+@click.option("--restricted-to-owner/--not-restricted", default=False, show_default=True)
+@click.option("--multiple-redemptions/--single-redemption", default=True, show_default=True)
+@click.option("--multiple-credits/--single-credit", default=True, show_default=True)
+@click.option("--emission", metavar="DATE", help="Valid from (ISO 8601). [default: each card's creation]")
+@click.option("--expiring", metavar="DATE", help="Valid until (ISO 8601). [default: CARD_VALIDITY_DAYS after creation]")
+@click.option("--valid-days", type=click.IntRange(min=1), help="Valid this many days from the batch's first run.")
+@click.option("--chunk", type=click.IntRange(min=1, max=5000), default=500, show_default=True, hidden=True)
+@json_option
+def issue_batch(
+    batch_id,
+    count,
+    output,
+    relation_name,
+    caption,
+    profile_id,
+    currency,
+    load_amount,
+    restricted_to_owner,
+    multiple_redemptions,
+    multiple_credits,
+    emission,
+    expiring,
+    valid_days,
+    chunk,
+    as_json,
+):
+    """Issue COUNT cards and write their codes, once, to a new CSV readable by you only.
+
+    Idempotent by --batch-id: run the same command again after an interruption (even a kill) and it
+    creates only the cards still missing and writes the CSV; a card is never created twice. Once the
+    CSV is written, the codes are kept nowhere else: a rerun then writes nothing. The CSV holds, per
+    card: batchId, n, cardId, redemptionCode, currency, load, emissionDate, expiringDate.
+    """
+    settings = _settings()
+    if expiring and valid_days:
+        raise click.UsageError("give --expiring or --valid-days, not both")
+    payload = {
+        "relationName": relation_name,
+        "caption": caption,
+        "profileId": profile_id,
+        "currencyCode": currency or settings.default_currency,
+    }
+    payload.update({k: v for k, v in (("emissionDate", emission), ("expiringDate", expiring)) if v})
+    try:
+        body = CreateCardRequestSchema().load(payload)
+    except ValidationError as exc:
+        problems = (f"{_OPTION_OF_FIELD.get(k, k)}: {' '.join(map(str, v))}" for k, v in exc.messages.items())
+        raise click.UsageError("; ".join(problems)) from None
+    currency = body["currencyCode"].upper()
+    load_minor = 0
+    if load_amount is not None:
+        load_minor = _checked_minor(load_amount, currency, "'--load'")
+        if load_minor > _store().balance_limit(currency):
+            raise click.BadParameter(f"above MAX_CARD_BALANCE ({settings.max_card_balance})", param_hint="'--load'")
+    spec = BatchSpec(
+        count=count,
+        currency=currency,
+        load_minor=load_minor,
+        relation_name=body["relationName"],
+        caption=body["caption"],
+        profile_id=normalise_identity(body["profileId"]),
+        restricted_to_owner=restricted_to_owner,
+        multiple_redemptions=multiple_redemptions,
+        multiple_credits=multiple_credits,
+        emission_ms=epoch_ms(body["emissionDate"]) if "emissionDate" in body else None,
+        expiring_ms=epoch_ms(body["expiringDate"]) if "expiringDate" in body else None,
+        valid_days=valid_days,
+    )
+    issuer = BatchIssuer(_store(), batch_id, spec, chunk=chunk, bar=progress_bar)
+    started = time.perf_counter()
+    result = issuer.run(output, _now_ms())
+    seconds = time.perf_counter() - started
+    view = batch_view(result.batch)
+    if as_json:
+        _emit({**view, "createdNow": result.created, "output": str(output) if result.output else None,
+               "seconds": round(seconds, 3)})  # fmt: skip
+        return
+    if result.output is None:
+        published = result.batch.published
+        click.echo(
+            f"batch {batch_id} was complete already: {published.rows} card(s), codes written at "
+            f"{iso_ms(published.at_ms)} (CSV SHA-256 {published.sha256}); they are kept nowhere else, "
+            "so nothing was written"
+        )
+        return
+    rate = f", {result.created / seconds:,.0f} cards/s" if result.created and seconds else ""
+    click.echo(
+        f"batch {batch_id}: {count} card(s) of {spec.currency}"
+        + (f" loaded with {major(load_minor, exponent_of(currency))} each" if load_minor else "")
+        + f"; {result.created} created by this run ({seconds:.1f} s{rate}), {count - result.created} before"
+    )
+    click.echo(f"codes written to {output} ({result.rows} rows, mode 0600, SHA-256 {result.sha256})")
+    click.echo("hand the file over securely, then delete it: the codes are kept nowhere else")
+
+
+def batch_view(batch: Batch) -> dict:
+    spec = batch.spec
+    exponent = exponent_of(spec.currency)
+    published = batch.published
+    return {
+        "batchId": batch.id,
+        "status": "complete" if published else "unfinished",
+        "count": spec.count,
+        "done": spec.count if published else batch.done,
+        "currency": spec.currency,
+        "load": major(spec.load_minor, exponent),
+        "loadMinor": spec.load_minor,
+        "relationName": spec.relation_name,
+        "caption": spec.caption,
+        "profileId": spec.profile_id,
+        "restrictedToOwner": spec.restricted_to_owner,
+        "multipleRedemptions": spec.multiple_redemptions,
+        "multipleCredits": spec.multiple_credits,
+        "expiringDate": iso_ms(batch.expiring_ms) if batch.expiring_ms else None,
+        "registeredAt": iso_ms(batch.registered_ms),
+        "publishedAt": iso_ms(published.at_ms) if published else None,
+        "csvSha256": published.sha256 if published else None,
+        "secretHeld": batch.wrapped_key is not None,
+    }
+
+
+@cards.command("batches")
+@json_option
+def batches_command(as_json):
+    """The batches of issue-batch: complete, or unfinished (rerun those: their secret stays in Redis
+    until their codes are written)."""
+    views = [batch_view(b) for b in batches(_store())]
+    if as_json:
+        _emit({"batches": views})
+        return
+    if not views:
+        click.echo("no batches")
+    for v in views:
+        state = (
+            f"complete, codes written {v['publishedAt']}"
+            if v["status"] == "complete"
+            else f"UNFINISHED ({v['done']} of {v['count']} confirmed): rerun its issue-batch command"
+        )
+        click.echo(f"{v['batchId']}: {v['count']} x {v['load']} {v['currency']} ({v['relationName']}), {state}")
