@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -28,6 +30,7 @@ from .errors import ProviderError, raise_for_reply
 from .keys import owner_member
 from .ledger_calls import layout_refusal, translated_errors
 from .money import Amount
+from .records import Card, card_from_read
 from .store import LedgerStore
 
 CHUNK = 500  # cards (or rows) per pipeline: three round trips per chunk when creating cards
@@ -105,6 +108,39 @@ def sync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why an input row is refused: its line in the file, and what is wrong with it."""
+
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+AMOUNT_TEXT = re.compile(r"\d+(\.\d+)?")  # major units, exact: "25", "12.50" (no sign, exponent or separators)
+
+
+def major(minor: int, exponent: int) -> str:
+    """Minor units -> an exact major-unit string with the currency's decimals: 1250, 2 -> "12.50"
+    (cli.major's rule, for the files these commands write)."""
+    return str(Decimal(minor).scaleb(-exponent))
+
+
+def parse_amount(text: str, *, zero: bool = False) -> Amount:
+    """A cell in major units -> an exact Amount; ValueError says why not. With `zero`, "0" and "0.00"
+    give Amount(0, 0) (an imported card may hold nothing)."""
+    if not AMOUNT_TEXT.fullmatch(text):
+        raise ValueError(f"{text!r} is not an amount in major units, like 25 or 12.50")
+    value = Decimal(text)
+    if value.is_zero():
+        if zero:
+            return Amount(0, 0)
+        raise ValueError("the amount must be positive")
+    return Amount.from_decimal(value)
 
 
 @dataclass(frozen=True)
@@ -227,6 +263,28 @@ class LedgerWriter:
                 extra(pipe)
 
         return self.calls.run(lambda: self.calls.pipeline(build))
+
+    def read_cards(self, card_ids: list[str]) -> dict[str, Card | None]:
+        """Cards by id (None: no such card), gc_read_card in one pipeline per CHUNK ids."""
+        function = self.calls.library.function("gc_read_card")
+        found: dict[str, Card | None] = {}
+        for ids in chunks(card_ids, CHUNK):
+
+            def build(pipe, ids=ids):
+                for i in ids:
+                    pipe.fcall_ro(function, 2, self.keys.card(i), self.keys.holds(i[:2]))
+
+            replies = self.calls.run(lambda build=build: self.calls.pipeline(build))
+            found.update((i, card_from_read(i, r)) for i, r in zip(ids, replies, strict=True))
+        return found
+
+    def code_owners(self, digests: list[str]) -> dict[str, str | None]:
+        """The card id each code digest names in the code index (None: no card), one pipeline per CHUNK."""
+        found: dict[str, str | None] = {}
+        for part in chunks(digests, CHUNK):
+            replies = self.calls.pipeline(lambda pipe, part=part: [pipe.hget(self.keys.code_index(d), d) for d in part])
+            found.update(zip(part, replies, strict=True))
+        return found
 
     def create(self, cards: list[NewCard]) -> list[str]:
         """gc_create_card for each card, in one pipeline. Per card: "created", "exists" (its id names a

@@ -36,7 +36,6 @@ import os
 import secrets
 import threading
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 
 from schemas.common import iso_ms
@@ -50,6 +49,7 @@ from .bulk import (
     LedgerWriter,
     NewCard,
     in_order,
+    major,
     no_bar,
     owner_only,
     sync_dir,
@@ -258,7 +258,7 @@ class BatchIssuer:
         digest = hashlib.sha256()
         rows = 0
         cur = self.spec.currency
-        load = str(Decimal(self.spec.load_minor).scaleb(-self.exponent))  # exact, with the currency's decimals
+        load = major(self.spec.load_minor, self.exponent)
         with owner_only(partial) as f, self.bar(f"batch {self.batch_id}: writing codes", self.spec.count) as bar:
             f.write(",".join(CSV_HEADER) + "\r\n")
             digest.update((",".join(CSV_HEADER) + "\r\n").encode())

@@ -18,6 +18,9 @@ from marshmallow import ValidationError
 from schemas.common import epoch_ms, iso_ms
 from schemas.giftcards import CreateCardRequestSchema
 
+from . import bulk_load
+from .bulk import Problem, owner_only
+from .bulk_import import GUESS_RATE, Defaults, Importer, guessing_time
 from .bulk_issue import BatchIssuer, batches
 from .cli import (
     _OPTION_OF_FIELD,
@@ -205,3 +208,139 @@ def batches_command(as_json):
             else f"UNFINISHED ({v['done']} of {v['count']} confirmed): rerun its issue-batch command"
         )
         click.echo(f"{v['batchId']}: {v['count']} x {v['load']} {v['currency']} ({v['relationName']}), {state}")
+
+
+# -- load-csv and import-csv ---------------------------------------------------------------------------
+
+results_option = click.option(
+    "--results",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The per-row result CSV to create (0600; never overwritten). [default: FILE's name + .results.csv]",
+)
+skip_option = click.option(
+    "--skip-bad-rows",
+    is_flag=True,
+    help="Write the good rows even if some are bad (reported as 'invalid'). [default: write nothing if any is bad]",
+)
+input_argument = click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+
+
+def _results_path(file: Path, results: Path | None) -> Path:
+    return results or file.with_name(f"{file.stem}.results.csv")
+
+
+def _refuse_bad_rows(problems: list[Problem], skip: bool, what: str) -> None:
+    """Report every bad row by its line; unless told to skip them, stop: nothing written."""
+    for problem in problems[:MAX_PROBLEMS_SHOWN]:
+        click.echo(str(problem), err=True)
+    if len(problems) > MAX_PROBLEMS_SHOWN:
+        click.echo(f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more", err=True)
+    if problems and not skip:
+        raise click.ClickException(
+            f"{len(problems)} bad row(s): nothing was {what}. Fix them, or rerun with --skip-bad-rows to write "
+            "the others"
+        )
+
+
+MAX_PROBLEMS_SHOWN = 50
+
+
+@cards.command("load-csv")
+@input_argument
+@results_option
+@skip_option
+@json_option
+def load_csv(file, results, skip_bad_rows, as_json):
+    """Credit cards from a CSV of card, amount, requestId (optionally currency, description).
+
+    The whole file is checked first; a bad row is reported with its line number, and then nothing is
+    written (or, with --skip-bad-rows, nothing for that row). Each row is idempotent by its requestId:
+    running the file again loads nothing twice. One result line per row goes to --results: credited,
+    replayed, refused (by the ledger: a blocked card, the balance limit...), conflict (the requestId
+    was used with another amount) or invalid. Exit 1 if any row was not credited or replayed.
+    """
+    store = _store()
+    rows, problems = bulk_load.check_file(store, file)
+    _refuse_bad_rows(problems, skip_bad_rows, "loaded")
+    path = _results_path(file, results)
+    started = time.perf_counter()
+    with owner_only(path) as out:
+        summary = bulk_load.apply(store, rows, problems, out, bar=progress_bar)
+    seconds = time.perf_counter() - started
+    view = {**summary.__dict__, "results": str(path), "seconds": round(seconds, 3)}
+    if as_json:
+        _emit(view)
+    else:
+        click.echo(f"{summary.rows} row(s): {summary.credited} credited, {summary.replayed} replayed (applied "
+                   f"before), {summary.refused} refused, {summary.invalid} invalid; {seconds:.1f} s")  # fmt: skip
+        click.echo(f"per-row results in {path}")
+    if not summary.ok:
+        click.get_current_context().exit(1)
+
+
+@cards.command("import-csv")
+@input_argument
+@click.option("--relation-name", required=True, help="relationName of rows that do not give one.")
+@click.option("--caption", default="", help="caption of rows that do not give one.")
+@click.option("--currency", type=CURRENCY, help="Currency of rows that do not give one. [default: DEFAULT_CURRENCY]")
+@click.option("--default-owner", default="", help="Owner (profileId) of rows that do not give one.")
+@click.option("--source", default="", help="The previous provider, recorded in each balance's description.")
+@results_option
+@skip_option
+@json_option
+def import_csv(file, relation_name, caption, currency, default_owner, source, results, skip_bad_rows, as_json):
+    """Import cards from another provider: a CSV of code, balance (optionally currency, expiry,
+    emission, owner, restrictedToOwner, multipleRedemptions, multipleCredits, caption, relationName).
+
+    Each card keeps its code (the search finds it whatever case, spaces and dashes are typed) and gets
+    its balance as a Credit. Idempotent by the code: running the file again creates and loads nothing
+    twice. Codes short enough to be guessed are reported, with what the code-search throttle does and
+    does not do about them. The whole file is checked first, as for load-csv. Exit 1 if any row was not
+    imported.
+    """
+    store = _store()
+    defaults = Defaults(
+        relation_name=relation_name,
+        caption=caption,
+        currency=currency or _settings().default_currency,
+        owner=normalise_identity(default_owner),
+        source=source,
+    )
+    importer = Importer(store, defaults)
+    rows, problems = importer.check_file(file, _now_ms())
+    shapes = importer.shapes(rows)
+    weak = [s for s in shapes if not s.resists]
+    for shape in weak:
+        click.echo(
+            f"warning: {shape.count} code(s) of {shape.symbols} symbols from an alphabet of {shape.alphabet} "
+            f"(about {shape.bits:.0f} bits; lines {_lines(shape.lines)}): a guesser needs {shape.guesses_per_hit:.2g} "
+            f"searches on average to hit one of them, {guessing_time(shape)} at {GUESS_RATE:,} searches/s. "
+            f"{importer.throttle_note(shape)}",
+            err=True,
+        )
+    _refuse_bad_rows(problems, skip_bad_rows, "imported")
+    path = _results_path(file, results)
+    started = time.perf_counter()
+    with owner_only(path) as out:
+        summary = importer.apply(rows, problems, out, bar=progress_bar)
+    seconds = time.perf_counter() - started
+    if as_json:
+        _emit({
+            "rows": summary.rows, "imported": summary.imported, "alreadyImported": summary.already,
+            "refused": summary.refused, "invalid": summary.invalid, "results": str(path), "seconds": round(seconds, 3),
+            "codeShapes": [{"symbols": s.symbols, "alphabet": s.alphabet, "bits": round(s.bits, 1), "count": s.count,
+                            "guessesPerHit": s.guesses_per_hit, "resistsGuessing": s.resists} for s in shapes],
+        })  # fmt: skip
+    else:
+        click.echo(f"{summary.rows} row(s): {summary.imported} imported, {summary.already} imported before, "
+                   f"{summary.refused} refused, {summary.invalid} invalid; {seconds:.1f} s")  # fmt: skip
+        if weak:
+            click.echo(f"{sum(s.count for s in weak)} card(s) have codes short enough to guess: see the warnings")
+        click.echo(f"per-row results in {path}")
+    if not summary.ok:
+        click.get_current_context().exit(1)
+
+
+def _lines(lines: list[int]) -> str:
+    shown = ", ".join(map(str, lines[:5]))
+    return shown + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
