@@ -285,12 +285,16 @@ class BatchIssuer:
         sync_dir(output.parent)
         partial.unlink()
         sync_dir(output.parent)
+        self._record(rows, sha)
+        return rows, sha
+
+    def _record(self, rows: int, sha: str) -> None:
+        """The CSV is on disk: record it (a rerun then writes nothing), then drop the batch's secret."""
         out_field = batch_fields(self.batch_id)[4]
         with translated_errors():
             seconds, micros = self.store.redis.time()
             self.store.redis.hset(self.key, out_field, Published(seconds * 1000 + micros // 1000, rows, sha).pack())
         self._forget_key()
-        return rows, sha
 
     def _find(self, batch: Batch, derive: _Derivation, numbers: range) -> tuple[list, list[tuple[str, str]]]:
         """Cards `numbers`, each (id, code, digest), and each one's (emission, expiring), read back by its
