@@ -219,6 +219,17 @@ class NewCard:
 
 
 @dataclass(frozen=True)
+class Creation:
+    """What gc_create_card did: "created" (with the card's validity window, epoch ms), "exists" (the
+    card's id names a card already: an earlier run made it), "code_taken" (another card has its
+    code) or "invalid_window" (its expiring date is not after its emission date and now)."""
+
+    status: str
+    emission_ms: int = 0
+    expiring_ms: int = 0
+
+
+@dataclass(frozen=True)
 class Credit:
     card_id: str
     amount: Amount
@@ -286,24 +297,24 @@ class LedgerWriter:
             found.update(zip(part, replies, strict=True))
         return found
 
-    def create(self, cards: list[NewCard]) -> list[str]:
-        """gc_create_card for each card, in one pipeline. Per card: "created", "exists" (its id names a
-        card already: an earlier run made it), "code_taken" (another card has its code) or
-        "invalid_window" (its expiring date is not after its emission date and now)."""
+    def create(self, cards: list[NewCard]) -> list[Creation]:
+        """gc_create_card for each card, in one pipeline (Creation says what each call did)."""
         calls = []
         for c in cards:
             args = [c.card_id, c.digest, "" if c.emission_ms is None else str(c.emission_ms),
                     "" if c.expiring_ms is None else str(c.expiring_ms), self._validity_ms,
                     *(item for pair in c.fields.items() for item in pair)]  # fmt: skip
             calls.append((self.store._creation_keys(c.card_id, c.digest), args))
-        statuses = []
+        done = []
         for reply in self._fcalls("gc_create_card", calls):
-            status = {"ok": "created", "card_exists": "exists"}.get(reply[0], reply[0])
-            if status not in ("created", "exists", "code_taken", "invalid_window"):
+            if reply[0] == "ok":
+                done.append(Creation("created", int(reply[2]), int(reply[3])))
+            elif reply[0] in ("card_exists", "code_taken", "invalid_window"):
+                done.append(Creation({"card_exists": "exists"}.get(reply[0], reply[0])))
+            else:
                 raise_for_reply(reply)
                 raise ProviderError(f"unexpected reply to card creation: {reply!r}")
-            statuses.append(status)
-        return statuses
+        return done
 
     def index_owners(self, cards: list[NewCard], created: list[NewCard]) -> None:
         """Point the owner index at `cards` (ZADD: a repeat changes nothing), then read the layout

@@ -297,7 +297,7 @@ class Importer:
 
     def _import_chunk(self, part: list[ImportRow]) -> dict[int, tuple[str, str, str]]:
         """Create, index and load one chunk: line -> (status, transaction id, message)."""
-        statuses = self.writer.create([r.card for r in part])
+        statuses = [c.status for c in self.writer.create([r.card for r in part])]
         outcome: dict[int, tuple[str, str, str]] = {}
         made = [r for r, s in zip(part, statuses, strict=True) if s in ("created", "exists")]
         for r, s in zip(part, statuses, strict=True):

@@ -22,14 +22,20 @@ The batch's definition (its terms), progress and, once published, the CSV's row 
 stay in the batches hash (keys.batches(); records.Batch): a rerun with other terms is refused, and a
 rerun after completion writes nothing (the codes are not kept anywhere to write them again).
 
-The CSV is written to "<output>.<batch>.partial" (O_EXCL, 0600), fsynced, then hard-linked to the
-output name, which fails if that name exists: the output is never overwritten, and never seen half
-written. A run killed after the link but before it was recorded finds the output identical to what
-it would write (same SHA-256) and records it.
+One pass does everything, a chunk of cards at a time: create the cards still missing, index their
+owner, load them, and append their lines to "<output>.<batch>.partial" (O_EXCL, 0600). A card
+created by the pass takes its validity window from gc_create_card's reply (which wrote its code
+index entry in the same call); one an earlier run created is read back through its code, as a
+search finds it. A rerun starts the pass over from card 1: what exists costs a no-op call. Once
+every line is written, the file is fsynced and hard-linked to the output name, which fails if that
+name exists: the output is never overwritten, and never seen half written. A run killed after the
+link but before it was recorded finds the output identical to what it wrote (same SHA-256) and
+records it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -45,6 +51,7 @@ from .bulk import (
     IN_FLIGHT,
     Bar,
     BulkError,
+    Creation,
     Credit,
     LedgerWriter,
     NewCard,
@@ -114,6 +121,8 @@ class BatchIssuer:
         self.key = store.keys.batches()
         self.exponent = exponent_of(spec.currency)
         self.load = Amount(spec.load_minor, self.exponent) if spec.load_minor else None
+        self.load_text = major(spec.load_minor, self.exponent)
+        self.limit = store.balance_limit(spec.currency)
 
     # -- the batch record ----------------------------------------------------------------------
 
@@ -158,7 +167,7 @@ class BatchIssuer:
     # -- the run ---------------------------------------------------------------------------------
 
     def run(self, output: Path, now_ms: int) -> IssueResult:
-        """Create what is missing of the batch, then write its CSV once. Safe to rerun after a kill."""
+        """Create what is missing of the batch and write its CSV once. Safe to rerun after a kill."""
         batch = self.read()
         if batch is not None and batch.published is not None:
             if batch.spec != self.spec:
@@ -171,111 +180,37 @@ class BatchIssuer:
         if self.load and self.spec.emission_ms is not None and self.spec.emission_ms > now_ms:
             raise BulkError("a card cannot be loaded before its emission date: leave --load out, or the emission")
         batch = self._register(now_ms)
-        derive = _Derivation(self._secret(batch))
-        created = self._create_all(batch, derive)
-        batch = self.read()
-        rows, sha = self._publish(batch, derive, output)
+        created, rows, sha = self._issue(batch, _Derivation(self._secret(batch)), output)
         return IssueResult(self.read(), output, created, rows, sha)
 
-    def _plan(self, batch: Batch, derive: _Derivation, n: int, attempt: int | None = None) -> NewCard:
-        attempt = batch.attempts.get(n, 0) if attempt is None else attempt
-        code = derive.code(n, attempt)
-        digest = self.store.hasher.digest(code)
-        spec = self.spec
-        fields = card_fields(
-            currency=spec.currency, exponent=self.exponent, balance_limit=self.store.balance_limit(spec.currency),
-            profile_id=spec.profile_id, relation_name=spec.relation_name, caption=spec.caption,
-            restricted_to_owner=spec.restricted_to_owner, multiple_redemptions=spec.multiple_redemptions,
-            multiple_credits=spec.multiple_credits, code_last4=normalise(code)[-4:], token=new_token(),
-        )  # fmt: skip
-        return NewCard(
-            card_id=derive.card_id(digest, n, attempt), digest=digest, profile_id=spec.profile_id, fields=fields,
-            emission_ms=spec.emission_ms, expiring_ms=batch.expiring_ms, load=self.load,
-            request_id=f"batch:{self.batch_id}:{n}",
-        )  # fmt: skip
-
-    def _create_all(self, batch: Batch, derive: _Derivation) -> int:
-        """Create the cards from the batch's progress on, IN_FLIGHT chunks at once (bulk.in_order), three
-        round trips a chunk; the progress is saved as each chunk completes, in order. Returns the cards
-        this run created."""
-        start = batch.done - batch.done % self.chunk  # chunks below `done` are complete
-        spans = self._spans(start)
-        done_field = batch_fields(self.batch_id)[2]
-        created = 0
-        with self.bar(f"batch {self.batch_id}: creating cards", self.spec.count) as bar:
-            bar.update(start)
-            results = in_order(lambda numbers: self._create_chunk(batch, derive, numbers), spans, IN_FLIGHT)
-            for numbers, made in zip(spans, results, strict=True):
-                with translated_errors():
-                    self.store.redis.hset(self.key, done_field, str(numbers.stop - 1))
-                created += made
-                bar.update(len(numbers))
-        return created
-
-    def _spans(self, start: int) -> list[range]:
-        """The card numbers (from 1) after `start`, a chunk each."""
-        count = self.spec.count
-        return [range(first + 1, min(first + self.chunk, count) + 1) for first in range(start, count, self.chunk)]
-
-    def _create_chunk(self, batch: Batch, derive: _Derivation, numbers: range) -> int:
-        """Create cards `numbers` (those missing), index their owner, load them. Returns how many it created."""
-        plans = [self._plan(batch, derive, n) for n in numbers]
-        statuses = self.writer.create(plans)
-        if "invalid_window" in statuses:
-            raise BulkError("the batch's validity window is over: its expiring date is not in the future")
-        fresh = [p for p, s in zip(plans, statuses, strict=True) if s == "created"]
-        for i, status in enumerate(statuses):
-            if status == "code_taken":
-                plans[i], made = self._redraw(batch, derive, numbers[i])
-                if made:
-                    fresh.append(plans[i])
-        self.writer.index_owners(plans, fresh)
-        for outcome in self.writer.credit([Credit(p.card_id, p.load, p.request_id) for p in plans if p.load]):
-            if not outcome.ok:
-                raise BulkError(f"the initial load of a card of batch {self.batch_id} failed: {outcome.message}")
-        return len(fresh)
-
-    def _redraw(self, batch: Batch, derive: _Derivation, n: int) -> tuple[NewCard, bool]:
-        """Card n's code is another card's (a 2**-98 event): record the next attempt, then create it, so
-        a rerun derives the same code. Returns the plan and whether this call created the card."""
-        attempts_field = batch_fields(self.batch_id)[3]
-        for attempt in range(batch.attempts.get(n, 0) + 1, REDRAWS + 1):
-            with self._redraws, translated_errors():  # chunks run on threads (in_order)
-                batch.attempts[n] = attempt
-                self.store.redis.hset(self.key, attempts_field, Batch.pack_attempts(batch.attempts))
-            plan = self._plan(batch, derive, n, attempt)
-            status = self.writer.create([plan])[0]
-            if status in ("created", "exists"):
-                return plan, status == "created"
-        raise BulkError(f"card {n} of batch {self.batch_id}: {REDRAWS} codes drawn were all taken")
-
-    # -- the CSV -----------------------------------------------------------------------------------
-
-    def _publish(self, batch: Batch, derive: _Derivation, output: Path) -> tuple[int, str]:
-        """Read every card back by its code, write the CSV once, record it, drop the key."""
+    def _issue(self, batch: Batch, derive: _Derivation, output: Path) -> tuple[int, int, str]:
+        """Every chunk of the batch, IN_FLIGHT at once (bulk.in_order): its cards created (those missing),
+        indexed and loaded, its CSV lines written to the partial file in order; then the file is published
+        and recorded. Returns (cards this run created, rows, SHA-256 of the CSV)."""
         partial = output.with_name(f"{output.name}.{self.batch_id}.partial")
         partial.unlink(missing_ok=True)  # left by a run of this batch killed while writing it
         digest = hashlib.sha256()
-        rows = 0
-        cur = self.spec.currency
-        load = major(self.spec.load_minor, self.exponent)
-        with owner_only(partial) as f, self.bar(f"batch {self.batch_id}: writing codes", self.spec.count) as bar:
-            f.write(",".join(CSV_HEADER) + "\r\n")
-            digest.update((",".join(CSV_HEADER) + "\r\n").encode())
-            spans = self._spans(0)
-            results = in_order(lambda numbers: self._find(batch, derive, numbers), spans, IN_FLIGHT)
-            for numbers, (located, found) in zip(spans, results, strict=True):
-                for n, (card_id, code, _), (emission, expiring) in zip(numbers, located, found, strict=True):
-                    line = f"{self.batch_id},{n},{card_id},{code},{cur},{load},{emission},{expiring}\r\n"
-                    f.write(line)
-                    digest.update(line.encode())
-                    rows += 1
+        created = rows = 0
+        done_field = batch_fields(self.batch_id)[2]
+        header = ",".join(CSV_HEADER) + "\r\n"
+        with owner_only(partial) as f, self.bar(f"batch {self.batch_id}", self.spec.count) as bar:
+            f.write(header)
+            digest.update(header.encode())
+            spans = self._spans()
+            chunks = in_order(lambda numbers: self._chunk(batch, derive, numbers), spans, IN_FLIGHT)
+            for numbers, (lines, made) in zip(spans, chunks, strict=True):
+                text = "".join(lines)
+                f.write(text)
+                digest.update(text.encode())
+                rows, created = rows + len(lines), created + made
+                with translated_errors():  # progress, for `flask cards batches`
+                    self.store.redis.hset(self.key, done_field, str(numbers.stop - 1))
                 bar.update(len(numbers))
             f.flush()
             os.fsync(f.fileno())
         sha = digest.hexdigest()
         try:
-            os.link(partial, output)
+            os.link(partial, output)  # fails if the name exists: never an overwrite, never half a file
         except FileExistsError:
             if _sha256(output) != sha:
                 partial.unlink()
@@ -286,7 +221,97 @@ class BatchIssuer:
         partial.unlink()
         sync_dir(output.parent)
         self._record(rows, sha)
-        return rows, sha
+        return created, rows, sha
+
+    def _spans(self) -> list[range]:
+        """The card numbers (from 1), a chunk each."""
+        count = self.spec.count
+        return [range(first + 1, min(first + self.chunk, count) + 1) for first in range(0, count, self.chunk)]
+
+    def _plan(self, batch: Batch, derive: _Derivation, n: int, attempt: int | None = None) -> tuple[NewCard, str]:
+        """Card n (at its recorded attempt, or `attempt`) and its code."""
+        attempt = batch.attempts.get(n, 0) if attempt is None else attempt
+        code = derive.code(n, attempt)
+        digest = self.store.hasher.digest(code)
+        spec = self.spec
+        fields = card_fields(
+            currency=spec.currency, exponent=self.exponent, balance_limit=self.limit,
+            profile_id=spec.profile_id, relation_name=spec.relation_name, caption=spec.caption,
+            restricted_to_owner=spec.restricted_to_owner, multiple_redemptions=spec.multiple_redemptions,
+            multiple_credits=spec.multiple_credits, code_last4=normalise(code)[-4:], token=new_token(),
+        )  # fmt: skip
+        card = NewCard(
+            card_id=derive.card_id(digest, n, attempt), digest=digest, profile_id=spec.profile_id, fields=fields,
+            emission_ms=spec.emission_ms, expiring_ms=batch.expiring_ms, load=self.load,
+            request_id=f"batch:{self.batch_id}:{n}",
+        )  # fmt: skip
+        return card, code
+
+    def _chunk(self, batch: Batch, derive: _Derivation, numbers: range) -> tuple[list[str], int]:
+        """Cards `numbers`: create those missing, index their owner, load them (each step idempotent), and
+        their CSV lines. Three round trips, and a fourth to read back the cards an earlier run created.
+        Returns (the lines, how many cards this call created)."""
+        planned = [self._plan(batch, derive, n) for n in numbers]
+        plans = [p for p, _ in planned]
+        done = self.writer.create(plans)
+        if any(c.status == "invalid_window" for c in done):
+            raise BulkError("the batch's validity window is over: its expiring date is not in the future")
+        for i, creation in enumerate(done):
+            if creation.status == "code_taken":
+                plans[i], code, done[i] = self._redraw(batch, derive, numbers[i])
+                planned[i] = (plans[i], code)
+        fresh = [p for p, c in zip(plans, done, strict=True) if c.status == "created"]
+        self.writer.index_owners(plans, fresh)
+        for outcome in self.writer.credit([Credit(p.card_id, p.load, p.request_id) for p in plans if p.load]):
+            if not outcome.ok:
+                raise BulkError(f"the initial load of a card of batch {self.batch_id} failed: {outcome.message}")
+        # A card created here has its window in gc_create_card's reply, and its code index entry was written
+        # by that same call. One an earlier run created is read back as a search would find it.
+        windows = self._read_back([p for p, c in zip(plans, done, strict=True) if c.status == "exists"])
+        lines = []
+        for n, (card, code), creation in zip(numbers, planned, done, strict=True):
+            emission, expiring = (
+                (creation.emission_ms, creation.expiring_ms) if creation.status == "created" else windows[card.card_id]
+            )
+            lines.append(f"{self.batch_id},{n},{card.card_id},{code},{self.spec.currency},{self.load_text},"
+                         f"{_iso(emission)},{_iso(expiring)}\r\n")  # fmt: skip
+        return lines, len(fresh)
+
+    def _read_back(self, cards: list[NewCard]) -> dict[str, tuple[int, int]]:
+        """Card id -> (emission, expiring ms) of cards that exist, read as the shopper's search reads them:
+        the code index entry of the code's digest, then the card. A card its code does not find is a
+        broken ledger (verify names it): the batch stops, its CSV unwritten."""
+        if not cards:
+            return {}
+        k = self.store.keys
+
+        def build(pipe):
+            for c in cards:
+                pipe.hget(k.code_index(c.digest), c.digest)
+                pipe.hmget(k.card(c.card_id), "at", "from", "to")
+
+        replies = self.store.calls.pipeline(build)
+        found = {}
+        for c, named, (at, start, end) in zip(cards, replies[::2], replies[1::2], strict=True):
+            if named != c.card_id or at is None:
+                raise BulkError(f"batch {self.batch_id}: card {c.card_id} is not found by its code: run "
+                                "`flask cards verify`; no CSV was written")  # fmt: skip
+            found[c.card_id] = (int(start or at), int(end))
+        return found
+
+    def _redraw(self, batch: Batch, derive: _Derivation, n: int) -> tuple[NewCard, str, Creation]:
+        """Card n's code is another card's (a 2**-98 event): record the next attempt, then create it, so
+        a rerun derives the same code."""
+        attempts_field = batch_fields(self.batch_id)[3]
+        for attempt in range(batch.attempts.get(n, 0) + 1, REDRAWS + 1):
+            with self._redraws, translated_errors():  # chunks run on threads (in_order)
+                batch.attempts[n] = attempt
+                self.store.redis.hset(self.key, attempts_field, Batch.pack_attempts(batch.attempts))
+            plan, code = self._plan(batch, derive, n, attempt)
+            creation = self.writer.create([plan])[0]
+            if creation.status in ("created", "exists"):
+                return plan, code, creation
+        raise BulkError(f"card {n} of batch {self.batch_id}: {REDRAWS} codes drawn were all taken")
 
     def _record(self, rows: int, sha: str) -> None:
         """The CSV is on disk: record it (a rerun then writes nothing), then drop the batch's secret."""
@@ -296,48 +321,15 @@ class BatchIssuer:
             self.store.redis.hset(self.key, out_field, Published(seconds * 1000 + micros // 1000, rows, sha).pack())
         self._forget_key()
 
-    def _find(self, batch: Batch, derive: _Derivation, numbers: range) -> tuple[list, list[tuple[str, str]]]:
-        """Cards `numbers`, each (id, code, digest), and each one's (emission, expiring), read back by its
-        code. A card its code does not find (lost since it was created: a failover that dropped writes?)
-        is created again, idempotently, or the batch stops there with nothing written."""
-        located = [self._locate(batch, derive, n) for n in numbers]
-        found = self._read_back(located)
-        if any(window is None for window in found):
-            self._create_chunk(batch, derive, numbers)
-            found = self._read_back(located)
-            if any(window is None for window in found):
-                raise BulkError(f"batch {self.batch_id}: cards {numbers.start}-{numbers.stop - 1} cannot be found "
-                                "by their codes after creation; no CSV was written")  # fmt: skip
-        return located, found
-
-    def _locate(self, batch: Batch, derive: _Derivation, n: int) -> tuple[str, str, str]:
-        """Card n's (id, code, code digest)."""
-        code = derive.code(n, batch.attempts.get(n, 0))
-        digest = self.store.hasher.digest(code)
-        return derive.card_id(digest, n, batch.attempts.get(n, 0)), code, digest
-
-    def _read_back(self, located: list[tuple[str, str, str]]) -> list[tuple[str, str] | None]:
-        """Per card: (emission, expiring) as ISO 8601 if its code finds it, else None. Reads what the
-        shopper's search reads: the code index entry of the code's digest, then the card."""
-        k = self.store.keys
-
-        def build(pipe):
-            for card_id, _, digest in located:
-                pipe.hget(k.code_index(digest), digest)
-                pipe.hmget(k.card(card_id), "at", "from", "to")
-
-        replies = self.store.calls.pipeline(build)
-        found = []
-        for (card_id, _, _), named, (at, start, end) in zip(located, replies[::2], replies[1::2], strict=True):
-            if named != card_id or at is None:
-                found.append(None)
-            else:
-                found.append((iso_ms(int(start or at)), iso_ms(int(end))))
-        return found
-
     def _forget_key(self) -> None:
         with translated_errors():
             self.store.redis.hdel(self.key, batch_fields(self.batch_id)[1])
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso(ms: int) -> str:
+    """iso_ms, remembered: the cards of a chunk share a few milliseconds of creation."""
+    return iso_ms(ms)
 
 
 def _sha256(path: Path) -> str:

@@ -101,7 +101,7 @@ def test_a_batch_is_issued_once_and_its_cards_are_like_issued_ones(app, tmp_path
     output = tmp_path / "codes.csv"
     result = issue_batch(app, "winter-2026", 23, output, "--chunk", "5")
     assert result.exit_code == 0, result.output
-    assert "23 created by this run" in result.stdout and "creating cards" in result.stderr  # the bar: stderr
+    assert "23 created by this run" in result.stdout and "batch winter-2026" in result.stderr  # the bar: stderr
     assert owner_only(output)
     rows = read_csv(output)
     assert list(rows[0]) == bulk_issue.CSV_HEADER
@@ -193,19 +193,27 @@ def test_a_batch_interrupted_after_k_cards_completes_on_rerun(app, tmp_path, mon
     assert_batch_complete(app, read_csv(output), 40)
 
 
-def test_a_batch_killed_after_writing_its_csv_records_it_on_rerun(app, tmp_path, monkeypatch):
+@pytest.mark.parametrize("step", ["before linking", "after linking"])
+def test_a_batch_killed_around_publishing_its_csv_publishes_it_on_rerun(app, tmp_path, monkeypatch, step):
+    """Killed (SystemExit, as SIGKILL would stop it) with every card made and the CSV written to its partial
+    file, just before it is linked to the output name, or just after (before it is recorded)."""
     output = tmp_path / "codes.csv"
 
-    def killed(self, rows, sha):
-        raise SystemExit(137)  # as if SIGKILLed between publishing the CSV and recording it
+    def killed(*args):
+        raise SystemExit(137)
 
-    monkeypatch.setattr(BatchIssuer, "_record", killed)
+    if step == "before linking":
+        monkeypatch.setattr(bulk_issue.os, "link", killed)
+    else:
+        monkeypatch.setattr(BatchIssuer, "_record", killed)
     assert issue_batch(app, "b3", 7, output).exit_code == 137
-    published = output.read_bytes()
+    assert output.exists() == (step == "after linking")
+    published = output.read_bytes() if output.exists() else None
     monkeypatch.undo()
     again = issue_batch(app, "b3", 7, output)
     assert again.exit_code == 0, again.output
-    assert output.read_bytes() == published and not list(tmp_path.glob("*.partial"))
+    assert "0 created by this run" in again.stdout
+    assert published in (None, output.read_bytes()) and not list(tmp_path.glob("*.partial"))
     assert_batch_complete(app, read_csv(output), 7)
 
 
@@ -258,8 +266,10 @@ def cli_env(url: str, cluster: bool) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", ["creating", "publishing"])
+@pytest.mark.parametrize("moment", ["start", "middle"])
 def test_a_batch_killed_by_sigkill_completes_on_rerun(app, ledger, tmp_path, moment, request):
+    """SIGKILL while the first chunks are in flight, or in the middle of the batch (the end, between the
+    last chunk and the CSV's publication, is test_a_batch_killed_around_publishing_its_csv_...)."""
     count, chunk = 3000, 50
     cluster = request.node.callspec.params["ledger"] == "cluster"
     url = request.getfixturevalue("redis_cluster" if cluster else "redis_server").url
@@ -273,10 +283,9 @@ def test_a_batch_killed_by_sigkill_completes_on_rerun(app, ledger, tmp_path, mom
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            done = int(ledger.hget(KEYS.batches(), field) or 0)
-            if (moment == "creating" and chunk * 4 <= done < count - chunk) or (
-                moment == "publishing" and partial.exists() and partial.stat().st_size > 0
-            ):
+            if moment == "start" and partial.exists():
+                break
+            if moment == "middle" and chunk * 4 <= int(ledger.hget(KEYS.batches(), field) or 0) < count / 2:
                 break
             time.sleep(0.002)
         assert process.poll() is None, "the batch finished before it could be killed"
@@ -285,10 +294,12 @@ def test_a_batch_killed_by_sigkill_completes_on_rerun(app, ledger, tmp_path, mom
         process.wait(10)
     assert process.returncode == -signal.SIGKILL
     assert not output.exists()
+    existing = store_of(app).books().get("BRL")
     rerun = issue_batch(app, "killed", count, output, "--chunk", str(chunk))
     assert rerun.exit_code == 0, rerun.output
     created_now = int(re.search(r"(\d+) created by this run", rerun.stdout)[1])
-    assert (created_now < count - chunk * 3) if moment == "creating" else created_now == 0
+    assert created_now == count - (existing.cards if existing else 0)
+    assert created_now < count - chunk * 4 if moment == "middle" else created_now > count / 2
     assert owner_only(output) and not partial.exists()
     assert_batch_complete(app, read_csv(output), count)
 
