@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 from bench.common import ROOT, RedisServer, app_env, machine_note, say, table, used_memory
+from giftcard_provider.keys import Keys
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -178,6 +179,10 @@ def main() -> None:
             f"{count:,} cards in {seconds:.1f} s = {count / seconds:,.0f} cards/s")  # fmt: skip
         say(f"Redis memory for the {args.cards:,} issued cards: {issued_memory / args.cards:,.0f} B per card "
             f"(used_memory {used_memory(client) / 2**20:,.0f} MB in all)")  # fmt: skip
+        owner_key = Keys(env.get("REDIS_KEY_PREFIX", "gc")).owner_index("printed-cards")
+        owner_bytes = client.memory_usage(owner_key, samples=0) or 0
+        say(f"of which the batches' one owner's index shard ({owner_key}, a sorted set of {args.cards:,}): "
+            f"{owner_bytes / args.cards:,.0f} B per card")  # fmt: skip
         if args.keep:
             say(f"CSVs kept in {work}")
     if not args.keep:
