@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import os
 import re
 from collections import deque
@@ -36,6 +37,9 @@ from .store import LedgerStore
 CHUNK = 500  # cards (or rows) per pipeline: three round trips per chunk when creating cards
 IN_FLIGHT = 3  # chunks handled at once (in_order)
 T, R = TypeVar("T"), TypeVar("R")
+
+
+log = logging.getLogger(__name__)
 
 
 class BulkError(ProviderError):
@@ -316,11 +320,34 @@ class LedgerWriter:
                 raise ProviderError(f"unexpected reply to card creation: {reply!r}")
         return done
 
-    def index_owners(self, cards: list[NewCard], created: list[NewCard]) -> None:
+    def _durability(self, pipe) -> None:
+        """With REDIS_WAIT_* set (one server only: config.py refuses them on a cluster), end the pipeline
+        with the WAIT / WAITAOF a single write carries (ledger_calls.LedgerCalls._write). It is sent in
+        the chunk's last pipeline, after its writes on the same connection, and replicas and the AOF
+        take writes in the server's order: it covers the chunk's earlier writes too."""
+        s = self.store.settings
+        if not (s.redis_wait_local_aof or s.redis_wait_replicas) or is_cluster(self.store.redis):
+            return
+        if s.redis_wait_local_aof:
+            pipe.execute_command("WAITAOF", s.redis_wait_local_aof, s.redis_wait_replicas, s.redis_wait_timeout_ms)
+        else:
+            pipe.execute_command("WAIT", s.redis_wait_replicas, s.redis_wait_timeout_ms)
+
+    def _confirm(self, what: str, acked) -> None:
+        """The WAIT / WAITAOF reply, if any: short of what was asked, the writes stand (committed) and the
+        log says so, as ledger_calls.LedgerCalls._write does for a single write."""
+        s = self.store.settings
+        wanted = [s.redis_wait_local_aof, s.redis_wait_replicas] if s.redis_wait_local_aof else [s.redis_wait_replicas]
+        got = acked if isinstance(acked, list) else [acked]
+        if any(g < w for g, w in zip(got, wanted, strict=True)):
+            log.warning("bulk %s not confirmed durable within %d ms: %r", what, s.redis_wait_timeout_ms, acked)
+
+    def index_owners(self, cards: list[NewCard], created: list[NewCard], *, wait: bool = False) -> None:
         """Point the owner index at `cards` (ZADD: a repeat changes nothing), then read the layout
         marker again, as store._index_owner does for one card: if a migration to another layout has
         finished meanwhile, the cards this run just created (`created`) are withdrawn and the
-        refusal raised (cards an earlier run made are left to that migration, like any other card)."""
+        refusal raised (cards an earlier run made are left to that migration, like any other card).
+        With `wait` (the chunk's last pipeline: nothing to load), it ends with _durability's WAIT."""
         if not cards:
             return
         k, layout_key = self.keys, self.calls.layout_key
@@ -333,8 +360,13 @@ class LedgerWriter:
             for key, entries in members.items():
                 pipe.zadd(key, entries)
             pipe.get(layout_key)
+            if wait:
+                self._durability(pipe)
 
-        *_, layout = self.calls.pipeline(build)
+        replies = self.calls.pipeline(build)
+        layout = replies[len(members)]
+        for acked in replies[len(members) + 1 :]:
+            self._confirm("card creation", acked)
         if layout is None:  # flushed since this process checked: mark it again (store._index_owner)
             with translated_errors():
                 layout = self.calls.mark_new_store(self.store.redis)
@@ -352,31 +384,21 @@ class LedgerWriter:
             self._fcalls("gc_discard_card", discards)
         raise refusal
 
-    def credit(self, credits: list[Credit], extra=None) -> list[CreditOutcome]:
+    def credit(self, credits: list[Credit]) -> list[CreditOutcome]:
         """A Credit per entry through gc_authorize, in one pipeline (entries of one card stay in their
-        order: one card is one slot), then extra(pipe). Each is idempotent by its requestId: a repeat
-        answers "replayed" with the original transaction and changes nothing. With REDIS_WAIT_* set
-        (one server only: config.py refuses them on a cluster) the pipeline ends with the same WAIT /
-        WAITAOF a single write would carry; it covers every earlier write of the chunk too, since
-        replication and the AOF keep the server's order."""
-        s = self.store.settings
+        order: one card is one slot), ended by _durability's WAIT when configured. Each is idempotent
+        by its requestId: a repeat answers "replayed" with the original transaction, changing nothing."""
         calls = []
         for c in credits:
             amount = c.amount.ledger_args()
             args = [new_short_id(), "Credit", *amount, c.request_id, "", self._hold_ms, "", c.description]
             calls.append((self.keys.card_keys(c.card_id), args))
-
-        def more(pipe):
-            if extra:
-                extra(pipe)
-            if (s.redis_wait_local_aof or s.redis_wait_replicas) and not is_cluster(self.store.redis):
-                if s.redis_wait_local_aof:
-                    pipe.execute_command("WAITAOF", s.redis_wait_local_aof, s.redis_wait_replicas,
-                                         s.redis_wait_timeout_ms)  # fmt: skip
-                else:
-                    pipe.execute_command("WAIT", s.redis_wait_replicas, s.redis_wait_timeout_ms)
-
-        replies = self._fcalls("gc_authorize", calls, more)[: len(calls)]
+        if not calls:
+            return []
+        replies = self._fcalls("gc_authorize", calls, self._durability)
+        for acked in replies[len(calls) :]:
+            self._confirm("credits", acked)
+        replies = replies[: len(calls)]
         outcomes = []
         for c, reply in zip(credits, replies, strict=True):
             if reply[0] == "id_taken":  # a new transaction id collided with one of the card's (2**-64): again

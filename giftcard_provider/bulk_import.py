@@ -305,9 +305,9 @@ class Importer:
                 outcome[r.line] = ("refused", "", "the code now names another card")
             elif s == "invalid_window":
                 outcome[r.line] = ("refused", "", "the card's validity window is over (expiry not in the future)")
-        self.writer.index_owners([r.card for r in made], [r.card for r, s in zip(part, statuses, strict=True)
-                                                          if s == "created"])  # fmt: skip
         loaded = [r for r in made if r.card.load]
+        created = [r.card for r, s in zip(part, statuses, strict=True) if s == "created"]
+        self.writer.index_owners([r.card for r in made], created, wait=not loaded)
         credits = self.writer.credit([Credit(r.card.card_id, r.card.load, REQUEST_ID, r.card.description)
                                       for r in loaded])  # fmt: skip
         by_line = {r.line: c for r, c in zip(loaded, credits, strict=True)}

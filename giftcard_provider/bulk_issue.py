@@ -261,7 +261,7 @@ class BatchIssuer:
                 plans[i], code, done[i] = self._redraw(batch, derive, numbers[i])
                 planned[i] = (plans[i], code)
         fresh = [p for p, c in zip(plans, done, strict=True) if c.status == "created"]
-        self.writer.index_owners(plans, fresh)
+        self.writer.index_owners(plans, fresh, wait=not self.load)
         for outcome in self.writer.credit([Credit(p.card_id, p.load, p.request_id) for p in plans if p.load]):
             if not outcome.ok:
                 raise BulkError(f"the initial load of a card of batch {self.batch_id} failed: {outcome.message}")

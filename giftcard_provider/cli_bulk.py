@@ -47,6 +47,17 @@ def progress_bar(label: str, length: int):
         yield bar
 
 
+@contextlib.contextmanager
+def file_errors():
+    """A file that cannot be written (a full disk...) is one line on stderr and exit 1, not a traceback.
+    What reached Redis stays: every bulk command is idempotent, so a rerun completes it."""
+    try:
+        yield
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise click.ClickException(f"{where}{exc.strerror or exc}; rerun the command to complete it") from exc
+
+
 def _now_ms() -> int:
     return epoch_ms(datetime.now(UTC))
 
@@ -139,7 +150,8 @@ def issue_batch(
     )
     issuer = BatchIssuer(_store(), batch_id, spec, chunk=chunk, bar=progress_bar)
     started = time.perf_counter()
-    result = issuer.run(output, _now_ms())
+    with file_errors():
+        result = issuer.run(output, _now_ms())
     seconds = time.perf_counter() - started
     view = batch_view(result.batch)
     if as_json:
@@ -264,7 +276,7 @@ def load_csv(file, results, skip_bad_rows, as_json):
     _refuse_bad_rows(problems, skip_bad_rows, "loaded")
     path = _results_path(file, results)
     started = time.perf_counter()
-    with owner_only(path) as out:
+    with file_errors(), owner_only(path) as out:
         summary = bulk_load.apply(store, rows, problems, out, bar=progress_bar)
     seconds = time.perf_counter() - started
     view = {**summary.__dict__, "results": str(path), "seconds": round(seconds, 3)}
@@ -321,7 +333,7 @@ def import_csv(file, relation_name, caption, currency, default_owner, source, re
     _refuse_bad_rows(problems, skip_bad_rows, "imported")
     path = _results_path(file, results)
     started = time.perf_counter()
-    with owner_only(path) as out:
+    with file_errors(), owner_only(path) as out:
         summary = importer.apply(rows, problems, out, bar=progress_bar)
     seconds = time.perf_counter() - started
     if as_json:

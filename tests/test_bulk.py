@@ -170,11 +170,11 @@ def test_a_batch_interrupted_after_k_cards_completes_on_rerun(app, tmp_path, mon
     calls = {"n": 0}
     real_credit = bulk.LedgerWriter.credit
 
-    def failing_credit(self, credits, extra=None):
+    def failing_credit(self, credits):
         calls["n"] += 1
         if calls["n"] == 4:
             raise StoreUnavailable("the ledger store is unavailable (ConnectionError)")
-        return real_credit(self, credits, extra)
+        return real_credit(self, credits)
 
     monkeypatch.setattr(bulk.LedgerWriter, "credit", failing_credit)
     monkeypatch.setattr(bulk_issue, "IN_FLIGHT", 1)  # chunks in order, so "after 3 chunks" is exact
@@ -215,6 +215,19 @@ def test_a_batch_killed_around_publishing_its_csv_publishes_it_on_rerun(app, tmp
     assert "0 created by this run" in again.stdout
     assert published in (None, output.read_bytes()) and not list(tmp_path.glob("*.partial"))
     assert_batch_complete(app, read_csv(output), 7)
+
+
+def test_chunks_wait_for_durability_when_asked(real_redis, tmp_path, caplog):
+    """REDIS_WAIT_REPLICAS=1 on a server without replicas: every chunk's last pipeline carries WAIT, which
+    answers 0 after its timeout; the cards stand and the log says they are not confirmed durable."""
+    app = create_app(make_settings(redis_wait_replicas=1, redis_wait_timeout_ms=5), redis_client=real_redis)
+    with caplog.at_level("WARNING", logger="giftcard_provider.bulk"):
+        assert issue_batch(app, "w", 5, tmp_path / "loaded.csv", "--chunk", "2").exit_code == 0
+        assert cli(app, "issue-batch", "--batch-id", "u", "--count", "3", "-o", str(tmp_path / "unloaded.csv"),
+                   "--relation-name", "r", "--profile-id", "p", "--chunk", "2").exit_code == 0  # fmt: skip
+    warnings = [r.getMessage() for r in caplog.records if "not confirmed durable" in r.getMessage()]
+    assert sum("credits" in w for w in warnings) == 3 and sum("card creation" in w for w in warnings) == 2
+    assert verify_all(real_redis, KEYS)[1] == []
 
 
 def test_a_taken_code_is_redrawn_and_the_rerun_derives_the_same(app, tmp_path):
