@@ -102,19 +102,23 @@ def check_file(store: LedgerStore, path: Path) -> tuple[list[LoadRow], list[Prob
             continue
         seen[card_id, rid] = row.line
         good.append(LoadRow(row.line, card_id, amount, rid, row.get("description"), text, row.get("currency").upper()))
-    cards = LedgerWriter(store).read_cards(sorted({r.card_id for r in good}))
+    currencies: dict[str, str | None] = {}  # card id -> its currency (None: no such card); not whole cards
+    writer = LedgerWriter(store)
+    for ids in chunks(sorted({r.card_id for r in good}), CHUNK):
+        currencies.update((i, c.currency if c else None) for i, c in writer.read_cards(ids).items())
     checked = []
     for r in good:
-        card = cards[r.card_id]
-        if card is None:
+        currency = currencies[r.card_id]
+        exponent = exponent_of(currency) if currency else 0
+        if currency is None:
             problems.append(Problem(r.line, f"no card {r.card_id}"))
-        elif r.currency and r.currency != card.currency:
-            problems.append(Problem(r.line, f"card {r.card_id} holds {card.currency}, not {r.currency}"))
-        elif r.amount.scale > card.exponent:
-            places = f"{card.exponent} decimal place{'s' if card.exponent != 1 else ''}" if card.exponent else "none"
-            problems.append(Problem(r.line, f"{card.currency} amounts have {places}; {r.text} has {r.amount.scale}"))
+        elif r.currency and r.currency != currency:
+            problems.append(Problem(r.line, f"card {r.card_id} holds {currency}, not {r.currency}"))
+        elif r.amount.scale > exponent:
+            places = f"{exponent} decimal place{'s' if exponent != 1 else ''}" if exponent else "none"
+            problems.append(Problem(r.line, f"{currency} amounts have {places}; {r.text} has {r.amount.scale}"))
         else:
-            checked.append(LoadRow(r.line, r.card_id, r.amount, r.request_id, r.description, r.text, card.currency))
+            checked.append(LoadRow(r.line, r.card_id, r.amount, r.request_id, r.description, r.text, currency))
     return checked, sorted(problems, key=lambda p: p.line)
 
 
