@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import logging
 import os
 import re
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -103,6 +105,37 @@ def owner_only(path: Path) -> IO[str]:
     except OSError as exc:
         raise BulkError(f"cannot create {path}: {exc.strerror}") from None
     return os.fdopen(fd, "w", newline="", encoding="utf-8")
+
+
+def locked_partial(path: Path) -> IO[str]:
+    """The partial file of a run, opened for writing (0600) under an exclusive lock held until it is
+    closed: the kernel drops the lock of a process that dies, even by SIGKILL. A file a killed run left
+    is taken over and emptied; one that another live run holds is refused, so two runs of one batch
+    never write, link or remove each other's file. The file must be a regular one of this user, mode
+    0600, with no other name: anything else at that path (a symlink, another user's file) is refused,
+    never written."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise BulkError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BulkError(f"another process is running this batch now (it holds {path}): let it finish") from None
+        st = os.fstat(fd)
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_uid != os.geteuid()
+            or stat.S_IMODE(st.st_mode) != 0o600
+            or (st.st_nlink != 1)
+        ):
+            raise BulkError(f"{path} is not a file this command made: remove it, then rerun")
+        os.ftruncate(fd, 0)
+        return os.fdopen(fd, "w", newline="", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def sync_dir(path: Path) -> None:

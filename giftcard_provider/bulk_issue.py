@@ -23,7 +23,8 @@ stay in the batches hash (keys.batches(); records.Batch): a rerun with other ter
 rerun after completion writes nothing (the codes are not kept anywhere to write them again).
 
 One pass does everything, a chunk of cards at a time: create the cards still missing, index their
-owner, load them, and append their lines to "<output>.<batch>.partial" (O_EXCL, 0600). A card
+owner, load them, and append their lines to "<output>.<batch>.partial" (0600, under an exclusive
+lock: bulk.locked_partial; a second run of the batch while one runs is refused). A card
 created by the pass takes its validity window from gc_create_card's reply (which wrote its code
 index entry in the same call); one an earlier run created is read back through its code, as a
 search finds it. A rerun starts the pass over from card 1: what exists costs a no-op call. Once
@@ -56,9 +57,9 @@ from .bulk import (
     LedgerWriter,
     NewCard,
     in_order,
+    locked_partial,
     major,
     no_bar,
-    owner_only,
     sync_dir,
 )
 from .codes import ALPHABET, CODE_LENGTH, GROUP, new_token, normalise
@@ -188,38 +189,39 @@ class BatchIssuer:
         indexed and loaded, its CSV lines written to the partial file in order; then the file is published
         and recorded. Returns (cards this run created, rows, SHA-256 of the CSV)."""
         partial = output.with_name(f"{output.name}.{self.batch_id}.partial")
-        partial.unlink(missing_ok=True)  # left by a run of this batch killed while writing it
         digest = hashlib.sha256()
         created = rows = 0
         done_field = batch_fields(self.batch_id)[2]
         header = ",".join(CSV_HEADER) + "\r\n"
-        with owner_only(partial) as f, self.bar(f"batch {self.batch_id}", self.spec.count) as bar:
-            f.write(header)
-            digest.update(header.encode())
-            spans = self._spans()
-            chunks = in_order(lambda numbers: self._chunk(batch, derive, numbers), spans, IN_FLIGHT)
-            for numbers, (lines, made) in zip(spans, chunks, strict=True):
-                text = "".join(lines)
-                f.write(text)
-                digest.update(text.encode())
-                rows, created = rows + len(lines), created + made
-                with translated_errors():  # progress, for `flask cards batches`
-                    self.store.redis.hset(self.key, done_field, str(numbers.stop - 1))
-                bar.update(len(numbers))
+        # Locked from before the first line until the file is linked and its partial name removed.
+        with locked_partial(partial) as f:
+            with self.bar(f"batch {self.batch_id}", self.spec.count) as bar:
+                f.write(header)
+                digest.update(header.encode())
+                spans = self._spans()
+                chunks = in_order(lambda numbers: self._chunk(batch, derive, numbers), spans, IN_FLIGHT)
+                for numbers, (lines, made) in zip(spans, chunks, strict=True):
+                    text = "".join(lines)
+                    f.write(text)
+                    digest.update(text.encode())
+                    rows, created = rows + len(lines), created + made
+                    with translated_errors():  # progress, for `flask cards batches`
+                        self.store.redis.hset(self.key, done_field, str(numbers.stop - 1))
+                    bar.update(len(numbers))
             f.flush()
             os.fsync(f.fileno())
-        sha = digest.hexdigest()
-        try:
-            os.link(partial, output)  # fails if the name exists: never an overwrite, never half a file
-        except FileExistsError:
-            if _sha256(output) != sha:
-                partial.unlink()
-                raise BulkError(f"{output} exists and is not this batch's CSV: refusing to overwrite it; "
-                                "rerun with another --output") from None  # fmt: skip
-            # Identical: a run killed after linking it, before recording it.
-        sync_dir(output.parent)
-        partial.unlink()
-        sync_dir(output.parent)
+            sha = digest.hexdigest()
+            try:
+                os.link(partial, output)  # fails if the name exists: never an overwrite, never half a file
+            except FileExistsError:
+                if _sha256(output) != sha:
+                    partial.unlink()
+                    raise BulkError(f"{output} exists and is not this batch's CSV: refusing to overwrite it; "
+                                    "rerun with another --output") from None  # fmt: skip
+                # Identical: a run killed after linking it, before recording it.
+            sync_dir(output.parent)
+            partial.unlink()
+            sync_dir(output.parent)
         self._record(rows, sha)
         return created, rows, sha
 

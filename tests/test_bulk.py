@@ -317,6 +317,29 @@ def test_a_batch_killed_by_sigkill_completes_on_rerun(app, ledger, tmp_path, mom
     assert_batch_complete(app, read_csv(output), count)
 
 
+@pytest.mark.slow
+def test_a_second_run_of_a_running_batch_is_refused(app, ledger, tmp_path, request):
+    """Two runs of one batch at once would write the same partial file: the second is refused while the
+    first holds it, and the first completes the batch alone."""
+    cluster = request.node.callspec.params["ledger"] == "cluster"
+    url = request.getfixturevalue("redis_cluster" if cluster else "redis_server").url
+    output = tmp_path / "codes.csv"
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "cards", "issue-batch", "--batch-id", "twice",
+               "--count", "3000", "-o", str(output), "--chunk", "50", *BATCH_TERMS]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env=cli_env(url, cluster), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    partial = output.with_name(f"{output.name}.twice.partial")
+    try:
+        deadline = time.monotonic() + 60
+        while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        second = issue_batch(app, "twice", 3000, output, "--chunk", "50")
+        assert second.exit_code == 1 and "another process is running this batch now" in second.output
+    finally:
+        assert process.wait(120) == 0
+    assert_batch_complete(app, read_csv(output), 3000)
+
+
 # -- load-csv ---------------------------------------------------------------------------------------
 
 
