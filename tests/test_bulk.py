@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from giftcard_provider import bulk, bulk_issue, create_app
+from giftcard_provider import bulk, bulk_issue, create_app, events
 from giftcard_provider.bulk_import import GUESS_RATE, Shape, guess_space
 from giftcard_provider.bulk_issue import BatchIssuer, _Derivation
 from giftcard_provider.codes import normalise
@@ -185,6 +185,7 @@ def test_a_batch_interrupted_after_k_cards_completes_on_rerun(app, tmp_path, mon
     store = store_of(app)
     batch = bulk_issue.batches(store)[0]
     assert batch.done == 18 and batch.wrapped_key is not None  # 3 chunks confirmed
+    assert "b2: 40 x 25.50 BRL (promo), UNFINISHED (18 of 40 confirmed)" in cli(app, "batches").stdout
     assert store.books()["BRL"].cards == 24  # the 4th chunk's cards were created, their loads not
     monkeypatch.setattr(bulk.LedgerWriter, "credit", real_credit)
     second = issue_batch(app, "b2", 40, output, "--chunk", "6")
@@ -260,6 +261,19 @@ def test_derived_codes_are_well_formed_distinct_and_repeatable():
     assert all(CODE.fullmatch(c) for c in codes) and len(set(codes)) == 2000
     assert codes[0] == _Derivation(b"k" * 32).code(1, 0) != two.code(1, 0) != one.code(1, 1)
     assert len({c[0] for c in codes}) == 30  # every symbol of the alphabet shows up first
+
+
+def test_export_of_a_batch_pages_through_every_bucket_in_time_order(app, tmp_path, monkeypatch):
+    """export merges the 256 buckets' logs a page at a time (events.WALK_PAGE); with pages of one event
+    it still writes every load once, in time order."""
+    assert issue_batch(app, "exported", 40, tmp_path / "codes.csv").exit_code == 0
+    monkeypatch.setattr(events, "WALK_PAGE", 1)
+    result = cli(app, "export")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(e["cardId"] for e in lines) == sorted(r["cardId"] for r in read_csv(tmp_path / "codes.csv"))
+    assert [e["at"] for e in lines] == sorted(e["at"] for e in lines)
+    assert {(e["kind"], e["amount"]) for e in lines} == {("credit", "25.50")}
 
 
 # -- killed by SIGKILL, in another process -----------------------------------------------------------
