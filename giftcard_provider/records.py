@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from redis.exceptions import ResponseError
+
 # The card's own fields as gc_read_card returns them (ledger.lua: CARD_FIELDS, same order).
 CARD_FIELDS = (
     "cur", "exp", "av", "hd", "st", "sr", "sc", "own", "rel", "cap", "ro", "mr", "mc",
@@ -645,9 +647,14 @@ class StreamTail:
 
     @classmethod
     def from_info(cls, info) -> StreamTail | None:
-        """An XINFO STREAM reply -> the tail; None for a missing stream (the reply is then an error)."""
-        if not isinstance(info, dict):
+        """An XINFO STREAM reply (from a pipeline run with raise_on_error=False) -> the tail; None
+        only for a stream that does not exist (Redis answers "no such key"). Any other error is
+        raised: a cluster pipeline puts a node's connection or timeout error in the reply list, and
+        reading it as "no log yet" would place a new endpoint's cursor at that bucket's start."""
+        if isinstance(info, ResponseError) and str(info).removeprefix("ERR ").strip() == "no such key":
             return None
+        if isinstance(info, BaseException):
+            raise info
         first = info.get("first-entry")
         last = info["last-generated-id"]
         return cls(int(info["length"]), int(info["entries-added"]), last, first[0] if first else None)

@@ -219,10 +219,11 @@ class Worker:
                 pipe.hgetall(k["cursor"])
                 pipe.hgetall(k["retry"])
             rest = pipe.execute(raise_on_error=False)
-        for reply in rest[BUCKETS:]:  # an XINFO error is a bucket with no log yet; any other failure stops here
-            if isinstance(reply, Exception):
-                raise reply
-        tails = {b: StreamTail.from_info(r) for b, r in zip(ALL_BUCKETS, rest[:BUCKETS], strict=True)}
+            for reply in rest[BUCKETS:]:  # any failure stops the cycle here
+                if isinstance(reply, Exception):
+                    raise reply
+            # None for a bucket with no log yet; any other XINFO error (a node down) is raised
+            tails = {b: StreamTail.from_info(r) for b, r in zip(ALL_BUCKETS, rest[:BUCKETS], strict=True)}
         states = rest[BUCKETS:]
         for i, endpoint in enumerate(active):
             cursors, retries = states[2 * i], states[2 * i + 1]

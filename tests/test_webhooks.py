@@ -29,7 +29,7 @@ from giftcard_provider import create_app
 from giftcard_provider.errors import InvalidRequest
 from giftcard_provider.keys import Keys
 from giftcard_provider.money import exponent_of
-from giftcard_provider.records import stream_order
+from giftcard_provider.records import StreamTail, stream_order
 from giftcard_provider.webhook_worker import Worker, backoff
 from giftcard_provider.webhooks import Webhooks, check_url
 
@@ -471,6 +471,37 @@ def test_bad_input_is_refused_and_changes_nothing(app, receiver):
     result = cli(production, "add", "http://x.example/")
     assert result.exit_code == 2 and "https:// URLs only" in result.output
     assert check_url(receiver.url, production=False) == receiver.url  # http is development's
+
+
+def test_a_node_failure_is_not_read_as_an_empty_log(app, receiver, monkeypatch):
+    """XINFO STREAM of a missing stream answers "no such key" (no log yet); a cluster pipeline puts a
+    node's connection error in the same reply list. `add --start now` must fail, not start that
+    bucket at its beginning (which would send the endpoint the bucket's whole history)."""
+    import redis
+
+    Hub(app.test_client(), HEADERS).funded_card(Decimal("3"))
+    hooks = Webhooks(store_of(app))
+    assert sum(t is None for t in hooks.tails().values()) >= 250  # the real "no such key" is read as None
+    assert StreamTail.from_info(redis.ResponseError("no such key")) is None
+    for error in (
+        redis.ConnectionError("node down"),
+        redis.TimeoutError("timed out"),
+        redis.ResponseError("WRONGTYPE"),
+    ):
+        with pytest.raises(type(error)):
+            StreamTail.from_info(error)
+
+    execute = redis.client.Pipeline.execute
+
+    def node_down(self, raise_on_error=True):
+        replies = execute(self, raise_on_error)
+        return [redis.ConnectionError("node down"), *replies[1:]] if len(replies) == 256 else replies
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", node_down)
+    result = cli(app, "add", receiver.url)
+    assert result.exit_code == 1 and "unavailable" in result.output, result.output
+    monkeypatch.undo()
+    assert json.loads(cli(app, "list", "--json").output) == {"endpoints": []}
 
 
 # -- workers: killed, restarted, several at once ---------------------------------------------
