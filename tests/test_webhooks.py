@@ -347,7 +347,9 @@ def test_filters_pause_and_resume(app, receiver):
     tx = hub.debit(card, Decimal("10"))
     hub.settle(card, tx, Decimal("10"))
     events = log_events(app)
-    run_worker(app, lambda: True, timeout=1)  # one pass: a paused endpoint gets nothing
+    # 25 full cycles (until() is checked once before each): unpaused, the first two would deliver
+    checks = iter(range(10**6))
+    run_worker(app, lambda: next(checks) >= 25)
     time.sleep(0.2)
     assert receiver.ids() == [] and pending(app, credits["id"]) == len(events)
     listed = cli(app, "list").output
