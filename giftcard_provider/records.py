@@ -13,6 +13,7 @@ milliseconds on Redis's clock.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from redis.exceptions import ResponseError
@@ -616,22 +617,39 @@ class LaneCursor:
         return f"{self.stream_id}|{'' if self.ordinal is None else self.ordinal}"
 
 
+_RETRY = re.compile(r"([0-9]+-[0-9]+)\|([0-9]+)\|([0-9]+)\|((?:[0-9]+-[0-9]+)?)\|(.*)", re.S)
+
+
 @dataclass(frozen=True)
 class LaneRetry:
     """A lane's head event that failed: how many attempts so far, when the next may start (epoch ms,
-    Redis clock), and the last attempt's error."""
+    Redis clock), the stream id of the cursor it was noted against (its event is the one right after
+    it; None in a value noted before this field existed), and the last attempt's error."""
 
     stream_id: str
     attempts: int
     next_ms: int
     error: str
+    after: str | None = None
 
     @classmethod
     def parse(cls, value: str | None) -> LaneRetry | None:
+        """ "<stream id>|<attempts>|<next ms>|<cursor's stream id>|<error>" (webhook_lane.lua), or the
+        older "<stream id>|<attempts>|<next ms>|<error>" (no cursor: an error never starts "<ms>-<n>|")."""
         if not value:
             return None
+        match = _RETRY.fullmatch(value)
+        if match:
+            stream_id, attempts, next_ms, after, error = match.groups()
+            return cls(stream_id, int(attempts), int(next_ms), error, after)
         stream_id, attempts, next_ms, error = value.split("|", 3)
         return cls(stream_id, int(attempts), int(next_ms), error)
+
+    def applies(self, cursor: LaneCursor | None) -> bool:
+        """Whether this retry is for the lane's head event now, the one right after `cursor`: it was
+        noted against that cursor. One noted against another is stale (a replay moved the cursor
+        meanwhile) and is ignored, or the lane would wait for an event it no longer sends next."""
+        return self.after is None or self.after == (cursor.stream_id if cursor else "")
 
 
 @dataclass(frozen=True)

@@ -236,7 +236,7 @@ class Worker:
                 if cursor is not None and tail.handled(cursor):
                     continue
                 retry = LaneRetry.parse(retries.get(bucket))
-                if retry is not None and retry.next_ms > now_ms:
+                if retry is not None and retry.applies(cursor) and retry.next_ms > now_ms:
                     continue
                 self._submit(endpoint.id, bucket, tail)
 
@@ -289,6 +289,8 @@ class Lane:
             pipe.hget(self.k["retry"], self.bucket)
             raw, retry = pipe.execute()
             self.expected, self.cursor, self.retry = raw or "", LaneCursor.parse(raw), LaneRetry.parse(retry)
+            if self.retry is not None and not self.retry.applies(self.cursor):
+                self.retry = None  # noted against a cursor since moved (a replay): not this head's
             if self.cursor is not None and tail.handled(self.cursor):
                 return
             if self.retry is not None and self.retry.next_ms > w._now_ms():
@@ -297,6 +299,8 @@ class Lane:
         with translated_errors():
             page = w.redis.xrange(w.keys.events(self.bucket), start, tail.last_id, count=w.batch)
         events = [Event.from_stream(self.bucket, stream_id, fields) for stream_id, fields in page]
+        if self.retry is not None and (not events or events[0].stream_id != self.retry.stream_id):
+            self.retry = None  # not the event right after the cursor: its attempts are not this one's
         skipped = None
         for event, ordinal in zip(events, ordinals(events, self.cursor, tail), strict=True):
             endpoint = w.endpoints.get(self.endpoint_id)

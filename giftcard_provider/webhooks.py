@@ -403,10 +403,16 @@ class Webhooks:
         }
 
     def retrying(self, endpoint_id: str) -> dict[str, LaneRetry]:
-        """The lanes whose head event has failed and waits for its next attempt: bucket -> state."""
+        """The lanes whose head event has failed and waits for its next attempt: bucket -> state
+        (a retry noted against a cursor since moved is stale: left out, as the worker ignores it)."""
+        k = self._keys(endpoint_id)
         with self._errors():
-            flat = self.redis.hgetall(self._keys(endpoint_id)["retry"])
-        return {b: LaneRetry.parse(v) for b, v in sorted(flat.items())}
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(k["retry"])
+            pipe.hgetall(k["cursor"])
+            flat, cursors = pipe.execute()
+        found = {b: LaneRetry.parse(v) for b, v in sorted(flat.items())}
+        return {b: r for b, r in found.items() if r.applies(LaneCursor.parse(cursors.get(b)))}
 
     def dead_letters(self, endpoint_id: str, count: int | None = None) -> list[DeadLetter]:
         """The endpoint's dead letters, newest first (at most `count`)."""
@@ -435,10 +441,15 @@ class Webhooks:
         cursor = self._start_cursor(start)
         k = self._keys(endpoint_id)
         with self._errors():
-            self.redis.delete(k["retry"])
-            # One HSET of all 256 lanes: a worker sees the old cursor or the new one, never a mix, and
-            # its next step on a lane finds the cursor moved (webhook_lane.lua) and reads again.
-            self.redis.hset(k["cursor"], mapping=cursor)
+            # One MULTI (both keys share the endpoint's hash tag: one slot): a lane's step
+            # (webhook_lane.lua) runs wholly before it, and its retry is deleted, or wholly after, and
+            # finds the cursor moved and reads again. As two commands, a retry noted between them
+            # would be for the old head (the worker ignores such a retry too: LaneRetry.applies).
+            # One HSET of all 256 lanes: a worker sees the old cursor or the new one, never a mix.
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(k["retry"])
+            pipe.hset(k["cursor"], mapping=cursor)
+            pipe.execute()
 
     def event(self, event_id: str) -> Event | None:
         """One event of the log by its id, or None (unknown, or trimmed by the retention)."""

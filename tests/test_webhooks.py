@@ -400,6 +400,25 @@ def test_replay_from_an_event_or_a_date_delivers_again_in_order(app, receiver):
     assert result.exit_code == 1 and "no event 1e-1-0" in result.output
 
 
+def test_a_retry_noted_against_a_cursor_since_moved_holds_nothing_back(app, receiver):
+    """The race replay_from closes with a MULTI (a lane's retry step landing between deleting the
+    retries and moving the cursor), written by hand: a retry an hour away for the old head event,
+    noted against the old cursor. The worker must ignore it and deliver the replayed lane now."""
+    endpoint = add_endpoint(app, receiver.url)
+    Hub(app.test_client(), HEADERS).funded_card(Decimal("30"))
+    events = log_events(app)  # created, credit: one card, one lane
+    run_worker(app, lambda: pending(app, endpoint["id"]) == 0)
+    hooks = Webhooks(store_of(app))
+    hooks.replay_from(endpoint["id"], "beginning")
+    store = store_of(app)
+    hour_later = store.now_ms() + 3_600_000
+    stale = f"{events[-1].stream_id}|1|{hour_later}|{events[-2].stream_id}|HTTP 500: planned 500"
+    store.redis.hset(Keys(store.keys.prefix).webhook(endpoint["id"])["retry"], events[0].bucket, stale)
+    assert hooks.retrying(endpoint["id"]) == {}  # stale: not shown as retrying either
+    run_worker(app, lambda: pending(app, endpoint["id"]) == 0, timeout=5)
+    assert receiver.ids() == [e.id for e in events] * 2
+
+
 def test_a_new_endpoint_starts_now_unless_told_otherwise(app, receiver):
     hub = Hub(app.test_client(), HEADERS)
     hub.funded_card(Decimal("3"))
