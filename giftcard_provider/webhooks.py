@@ -21,8 +21,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import math
 import re
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -170,15 +172,90 @@ class Attempt:
     retry_after: float | None = None
 
 
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the attempt's deadline passed")
+    return left
+
+
+class _Deadline:
+    """A socket whose every send and receive waits at most until `deadline` (time.monotonic()): the
+    attempt's end, set by Sender.post. A plain per-call timeout would let a receiver that trickles
+    its answer a byte at a time hold an attempt (and a worker's SIGTERM shutdown) for ever."""
+
+    deadline = math.inf
+
+    def _arm(self) -> None:
+        if self.deadline != math.inf:
+            self.settimeout(_remaining(self.deadline))
+
+    def recv(self, *args):
+        self._arm()
+        return super().recv(*args)
+
+    def recv_into(self, *args):
+        self._arm()
+        return super().recv_into(*args)
+
+    def send(self, *args):
+        self._arm()
+        return super().send(*args)
+
+    def sendall(self, *args):  # one deadline for the whole call (Python >= 3.5)
+        self._arm()
+        return super().sendall(*args)
+
+
+class _DeadlineSocket(_Deadline, socket.socket):
+    pass
+
+
+class _DeadlineSSLSocket(_Deadline, ssl.SSLSocket):
+    """The TLS socket the context makes (its sslsocket_class)."""
+
+
+def _deadline_connection(conn):
+    """conn's _create_connection: connect within the attempt's time left, then a _DeadlineSocket (the
+    TLS handshake, made next by HTTPSConnection.connect, gets what is left after the connect)."""
+
+    def create(address, timeout, source_address=None):
+        plain = socket.create_connection(address, _remaining(conn.deadline), source_address)
+        sock = _DeadlineSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
+        sock.deadline = conn.deadline
+        sock.settimeout(_remaining(conn.deadline))
+        return sock
+
+    return create
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    deadline = math.inf
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _deadline_connection(self)
+
+    def connect(self):
+        super().connect()
+        self.sock.deadline = self.deadline  # for https, the TLS socket made from the plain one
+
+
+class _HTTPSConnection(_HTTPConnection, http.client.HTTPSConnection):
+    pass
+
+
 class Sender:
     """POSTs with a per-thread keep-alive connection per origin (reused within IDLE_REUSE). Redirects
     are failures (the specification: update the URL instead), and so is any answer but a 2xx.
-    `timeout` bounds every network wait of an attempt (connect, send, each read), not their sum."""
+    `timeout` bounds each attempt as a whole (connect, TLS handshake, send, every read): each socket
+    call waits at most the time left (_DeadlineSocket)."""
 
     def __init__(self, timeout: float):
         self.timeout = timeout
         self._local = threading.local()
         self._tls = ssl.create_default_context()
+        self._tls.sslsocket_class = _DeadlineSSLSocket
         self._pools: list[dict] = []  # every thread's connections, for close()
         self._pools_lock = threading.Lock()
 
@@ -205,6 +282,9 @@ class Sender:
             conn.close()  # receivers close idle connections (gunicorn after 2 s): never send on a stale one
             conn = None
         conn = conn or self._connect(parts)
+        conn.deadline = started + self.timeout
+        if conn.sock is not None:
+            conn.sock.deadline = conn.deadline  # a kept-alive connection: this attempt's deadline
         try:
             conn.request("POST", target, body=body.encode(), headers=headers)
             response = conn.getresponse()
@@ -223,8 +303,8 @@ class Sender:
 
     def _connect(self, parts) -> http.client.HTTPConnection:
         if parts.scheme == "https":
-            return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=self.timeout, context=self._tls)
-        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
+            return _HTTPSConnection(parts.hostname, parts.port, timeout=self.timeout, context=self._tls)
+        return _HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
 
     def _failed(self, kind: str, error: str, started: float) -> Attempt:
         return Attempt(False, None, kind, error, time.monotonic() - started)

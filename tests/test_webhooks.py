@@ -31,7 +31,7 @@ from giftcard_provider.keys import Keys
 from giftcard_provider.money import exponent_of
 from giftcard_provider.records import StreamTail, stream_order
 from giftcard_provider.webhook_worker import Worker, backoff
-from giftcard_provider.webhooks import Webhooks, check_url
+from giftcard_provider.webhooks import Sender, Webhooks, check_url
 
 from .conftest import APP_KEY, APP_TOKEN, make_settings
 from .hub import Hub
@@ -256,6 +256,42 @@ def test_failures_are_retried_with_the_same_id_until_the_receiver_recovers(app, 
     stats = Webhooks(store_of(app)).stats(endpoint["id"])
     assert stats.failures == {"http_5xx": 1, "timeout": 1, "connection": 1}
     assert stats.delivered == 3 and stats.dead == 0
+
+
+def test_an_attempt_ends_at_its_deadline_however_the_receiver_trickles():
+    """WEBHOOK_TIMEOUT_SECONDS bounds the whole attempt, not each network wait: a receiver sending
+    its headers a line every 0.2 s (each read well inside the timeout) is cut off at 1 s."""
+
+    class Trickle(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            try:
+                self.wfile.write(b"HTTP/1.1 204 No Content\r\n")
+                for _ in range(15):
+                    self.wfile.flush()
+                    time.sleep(0.2)
+                    self.wfile.write(b"X-Slow: 1\r\n")
+                self.wfile.write(b"Content-Length: 0\r\n\r\n")
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sender = Sender(1.0)
+    try:
+        attempt = sender.post(f"http://127.0.0.1:{server.server_port}/", "{}", {"Content-Type": "application/json"})
+    finally:
+        sender.close()
+        server.shutdown()
+        server.server_close()
+    assert (attempt.ok, attempt.kind, attempt.error) == (False, "timeout", "no answer within 1 s")
+    assert 0.9 <= attempt.seconds < 1.5  # not the 3 s the trickle takes
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap():
