@@ -566,8 +566,9 @@ def test_a_node_failure_is_not_read_as_an_empty_log(app, receiver, monkeypatch):
 # -- workers: killed, restarted, several at once ---------------------------------------------
 
 
-def start_worker(redis_url: str, *extra: str) -> subprocess.Popen:
-    """The Procfile's worker line, as a process of its own."""
+def start_worker(redis_url: str, *extra: str, lease: str = "5") -> subprocess.Popen:
+    """The Procfile's worker line, as a process of its own. Leases long enough that a loaded machine
+    never lets one lapse by mistake (a lane would then change hands mid-test)."""
     env = {
         **os.environ,
         "APP_ENV": "development",
@@ -582,7 +583,7 @@ def start_worker(redis_url: str, *extra: str) -> subprocess.Popen:
     procfile = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
     command = procfile["worker"].split()
     assert command[0] == "flask"
-    args = [sys.executable, "-m", "flask", *command[1:], "--lease", "1", "--poll", "0.02", *extra]
+    args = [sys.executable, "-m", "flask", *command[1:], "--lease", lease, "--poll", "0.05", *extra]
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -611,7 +612,7 @@ def test_a_worker_killed_mid_delivery_loses_nothing_and_repeats_only_that_event(
     in_flight = next(e for e in events if e.card_id == cards[0] and e.type == "credit")
     receiver.plan[in_flight.id] = ["hold"]
 
-    first = start_worker(redis_server.url)
+    first = start_worker(redis_server.url, lease="2.5")  # its lanes pass on 2.5 s after the kill
     try:
         assert receiver.held.wait(30), "the held event never arrived"
         first.kill()  # SIGKILL while the receiver holds that POST: no answer recorded, lease not given back
@@ -628,7 +629,7 @@ def test_a_worker_killed_mid_delivery_loses_nothing_and_repeats_only_that_event(
     }  # fmt: skip
     assert in_flight.id in unrecorded and len(unrecorded) <= 8
     receiver.release.set()
-    second = start_worker(redis_server.url)
+    second = start_worker(redis_server.url, lease="2.5")
     try:
         wait_for(lambda: pending(app, endpoint["id"]) == 0 and set(receiver.ids()) >= {e.id for e in events})
     finally:
