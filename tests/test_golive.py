@@ -28,7 +28,7 @@ import fakeredis
 import pytest
 import redis
 
-from giftcard_provider import create_app
+from giftcard_provider import create_app, golive
 from giftcard_provider.cli_golive import store_deactivator
 from giftcard_provider.config import Settings
 from giftcard_provider.keys import Keys
@@ -44,6 +44,21 @@ ALL_CHECKS = {
     "unknown-headers", "load", "debit-hold", "settlement-sums", "equal-partial-refunds", "cancellation-sums",
     "replayed-request-id", "zero-balance", "deactivated", "latency-get-card", "latency-all",
 }  # fmt: skip
+
+
+# The GET-card budget (1.5 s) is what this check measures, not what these tests are about: a loaded
+# test machine could miss it on any run. Every test gets RELAXED_BUDGET, but the one about latency.
+RELAXED_BUDGET = 10.0
+# `flask` as `heroku run` runs it, with the relaxed budget (the check runs in that process).
+RELAXED_FLASK = [
+    sys.executable, "-c",
+    f"import giftcard_provider.golive as g; g.GET_CARD_BUDGET = {RELAXED_BUDGET}; from flask.cli import main; main()",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def relaxed_budget(monkeypatch):
+    monkeypatch.setattr(golive, "GET_CARD_BUDGET", RELAXED_BUDGET)
 
 
 def procfile() -> dict[str, list[str]]:
@@ -112,7 +127,7 @@ def statuses(document: dict) -> dict[str, str]:
 
 
 def test_every_check_passes_against_the_service_started_the_heroku_way(heroku):
-    command = ["flask", "--app", "wsgi", "cards", "golive", "--url", heroku["url"], "--json"]  # as `heroku run`
+    command = [*RELAXED_FLASK, "--app", "wsgi", "cards", "golive", "--url", heroku["url"], "--json"]  # `heroku run`
     result = subprocess.run(command, cwd=ROOT, env=heroku["env"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
@@ -296,7 +311,7 @@ def slow_first_get_card(app):
         path = environ["PATH_INFO"].strip("/").split("/")
         if environ["REQUEST_METHOD"] == "GET" and len(path) == 2 and path[0] == "giftcards" and not slept:
             slept.append(True)
-            time.sleep(1.6)  # checkout gives up after 1.5 s
+            time.sleep(golive.GET_CARD_BUDGET + 0.5)  # past the budget the test set
         return app(environ, start_response)
 
     return broken
@@ -320,6 +335,8 @@ def slow_first_get_card(app):
 def test_a_broken_provider_fails_the_check_its_defect_breaks(serve, defect, fails, monkeypatch):
     monkeypatch.delenv("PROVIDER_API_APP_KEY", raising=False)  # the command's app's own pair is the fallback
     monkeypatch.delenv("PROVIDER_API_APP_TOKEN", raising=False)
+    if defect is slow_first_get_card:
+        monkeypatch.setattr(golive, "GET_CARD_BUDGET", 1.0)  # every other GET card answers far within it
     url = serve(defect(provider().wsgi_app))
     operator = provider()  # not the provider's store: the card cannot be deactivated from here
     result = operator.test_cli_runner().invoke(args=["cards", "golive", "--url", url, "--json"])
