@@ -35,6 +35,7 @@ from giftcard_provider.keys import Keys
 from giftcard_provider.verify import verify_all
 
 from .conftest import APP_KEY, APP_TOKEN, make_settings
+from .hub import Hub
 from .redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -441,10 +442,29 @@ def test_a_service_url_with_a_path_is_called_below_it(serve):
 def test_an_unreachable_store_leaves_the_deactivation_to_the_operator():
     settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     store = create_app(settings).extensions["giftcard_provider"]["store"]
-    status, reason = store_deactivator(store)("0123456789abcdef0123456789abcdef")
+    status, reason = store_deactivator(store)("0123456789abcdef0123456789abcdef", "golive-0-relation")
     assert status == "todo"
     assert reason.startswith("card 0123456789abcdef0123456789abcdef is still active: this command could not reach")
     assert "flask cards deactivate 0123456789abcdef0123456789abcdef --reason" in reason
+
+
+def test_only_the_runs_own_test_card_is_deactivated():
+    """The card id comes from the deployment's answer: a card of this store that is not the run's
+    test card (another owner, or another run's relation name) is never deactivated."""
+    app = provider()
+    store = app.extensions["giftcard_provider"]["store"]
+    hub = Hub(app.test_client(), {"X-PROVIDER-API-AppKey": APP_KEY, "X-PROVIDER-API-AppToken": APP_TOKEN})
+    shopper = hub.create_card(profileId="shopper@example.com", relationName="golive-1-relation")["id"]
+    other_run = hub.create_card(profileId=golive.PROFILE, relationName="golive-2-relation")["id"]
+    ours = hub.create_card(profileId=golive.PROFILE, relationName="golive-1-relation")["id"]
+    deactivate = store_deactivator(store)
+    for card_id, owner in ((shopper, "shopper@example.com"), (other_run, golive.PROFILE)):
+        status, reason = deactivate(card_id, "golive-1-relation")
+        assert status == "fail" and "not this run's test card" in reason and "left untouched" in reason
+        assert f"owner {owner!r}" in reason
+        assert store.card(card_id).status == "active"
+    status, reason = deactivate(ours, "golive-1-relation")
+    assert status == "pass" and store.card(ours).status == "inactive", reason
 
 
 def test_credentials_the_deployment_refuses_are_named_as_the_cause(serve):
