@@ -106,6 +106,16 @@ def check_url(url: str, *, production: bool) -> str:
     return url
 
 
+@contextlib.contextmanager
+def _about(field: str):
+    """An InvalidRequest raised inside names `field` (details["field"]): the argument it is about."""
+    try:
+        yield
+    except InvalidRequest as exc:
+        exc.details.setdefault("field", field)
+        raise
+
+
 def _check_types(types: list[str]) -> tuple[str, ...]:
     unknown = sorted(set(types) - set(EVENT_TYPES))
     if unknown:
@@ -368,21 +378,27 @@ class Webhooks:
     def add(self, url: str, *, types: list[str] = (), description: str = "", start: str = "now") -> Endpoint:
         """A new endpoint with a fresh secret (returned here, and never shown again). `start`: "now"
         (the events appended from now on), "beginning" (the whole retained log), an event id (from
-        that event, inclusive) or "<ms>" epoch milliseconds (from that time, inclusive)."""
-        url = check_url(url, production=self.settings.production)
+        that event, inclusive) or "<ms>" epoch milliseconds (from that time, inclusive).
+        An InvalidRequest names the argument it is about in details["field"] (url, description, types,
+        start), so a caller can point at it."""
+        with _about("url"):
+            url = check_url(url, production=self.settings.production)
         if len(description) > MAX_DESCRIPTION:
-            raise InvalidRequest(f"the description is longer than {MAX_DESCRIPTION} characters")
+            raise InvalidRequest(f"the description is longer than {MAX_DESCRIPTION} characters", field="description")
+        with _about("types"):
+            checked_types = _check_types(list(types))
         endpoint = Endpoint(
             id=new_endpoint_id(),
             url=url,
             secret=new_secret(),
-            types=_check_types(list(types)),
+            types=checked_types,
             paused=False,
             paused_reason="",
             description=description,
             created_ms=int(time.time() * 1000),
         )
-        cursor = self._start_cursor(start)
+        with _about("start"):
+            cursor = self._start_cursor(start)
         k = self._keys(endpoint.id)
         with self._errors():
             client = self.redis
@@ -518,7 +534,8 @@ class Webhooks:
         """Move the endpoint's cursor back (or forward) to `start` (as in `add`): the worker delivers
         from there again, in order. Events delivered before come again with their own webhook-id."""
         self.endpoint(endpoint_id)
-        cursor = self._start_cursor(start)
+        with _about("start"):
+            cursor = self._start_cursor(start)
         k = self._keys(endpoint_id)
         with self._errors():
             # One MULTI (both keys share the endpoint's hash tag: one slot): a lane's step

@@ -433,6 +433,8 @@ def test_replay_from_an_event_or_a_date_delivers_again_in_order(app, receiver):
     for bad in ("yesterday", "zz-1-1"):
         result = cli(app, "replay", endpoint["id"], "--from", bad)
         assert result.exit_code == 2 and "event id" in result.output
+    result = cli(app, "replay", endpoint["id"], "--from", "1900-01-01")
+    assert result.exit_code == 2 and "Invalid value for '--from': '1900-01-01' is before 1970" in result.output
     assert cli(app, "replay", endpoint["id"]).exit_code == 2
     result = cli(app, "replay", endpoint["id"], "--event", "1e-1-0")
     assert result.exit_code == 1 and "no event 1e-1-0" in result.output
@@ -519,6 +521,8 @@ def test_bad_input_is_refused_and_changes_nothing(app, receiver):
         (("add", "ftp://x.example/"), "must start with https://"),
         (("add", receiver.url, "--types", "credit,refunds"), "unknown refunds"),
         (("add", receiver.url, "--start", "soon"), "now, beginning, an event id"),
+        (("add", receiver.url, "--description", "x" * 201), "Invalid value for '--description': the description"),
+        (("add", receiver.url, "--start", "1969-12-31"), "Invalid value for '--start': '1969-12-31' is before 1970"),
     ):
         result = cli(app, *args)
         assert result.exit_code == 2 and message in result.output, result.output
