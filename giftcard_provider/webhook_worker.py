@@ -36,7 +36,7 @@ from pathlib import Path
 import redis
 from standardwebhooks import Webhook
 
-from .errors import ProviderError
+from .errors import NotFound, ProviderError
 from .keys import BUCKETS, buckets
 from .ledger_calls import translated_errors
 from .records import DeadLetter, Endpoint, Event, LaneCursor, LaneRetry, StreamTail
@@ -335,7 +335,10 @@ class Lane:
         if attempt.kind == "gone":
             # 410: the receiver wants no more (the specification: disable the endpoint). Paused, not
             # removed: the event stays at the head of its lane for when an operator resumes.
-            w.hooks.set_paused(endpoint.id, True, f"the receiver answered 410 Gone to {event.id}")
+            try:
+                w.hooks.set_paused(endpoint.id, True, f"the receiver answered 410 Gone to {event.id}")
+            except NotFound:
+                return False  # removed meanwhile: nothing to pause, and the lane is no longer ours
             log.error("webhook endpoint %s paused: HTTP 410 Gone", endpoint.id, extra={"fields": fields})
         elif attempts >= w.settings.webhook_max_attempts:
             log.error("webhook event dead-lettered", extra={"fields": fields})

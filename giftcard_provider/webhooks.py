@@ -30,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import simplejson
@@ -67,6 +68,7 @@ USER_AGENT = "giftcard-provider-webhooks/1"
 # meanwhile, and a POST sent on it would fail for nothing (it is never retried at once).
 IDLE_REUSE = 1.0
 _RESPONSE_KEPT = 300  # characters of a failing answer's body kept as its error
+PAUSE_SCRIPT = (Path(__file__).parent / "lua" / "webhook_pause.lua").read_text()
 
 
 def new_endpoint_id() -> str:
@@ -469,11 +471,11 @@ class Webhooks:
         endpoint = self.endpoint(endpoint_id)
         if endpoint.paused == paused:
             return False
-        with self._errors():
-            self.redis.hset(
-                self._keys(endpoint_id)["endpoint"],
-                mapping={"paused": "1" if paused else "0", "paused_reason": reason if paused else ""},
-            )
+        fields = ["paused", "1" if paused else "0", "paused_reason", reason if paused else ""]
+        with self._errors():  # only if it still exists (webhook_pause.lua): a remove may have come meanwhile
+            done = self.redis.register_script(PAUSE_SCRIPT)(keys=[self._keys(endpoint_id)["endpoint"]], args=fields)
+        if not done:
+            raise NotFound(f"no webhook endpoint {endpoint_id}")
         return True
 
     # -- position, failures, replays --

@@ -26,7 +26,7 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from giftcard_provider import create_app
-from giftcard_provider.errors import InvalidRequest
+from giftcard_provider.errors import InvalidRequest, NotFound
 from giftcard_provider.keys import Keys
 from giftcard_provider.money import exponent_of
 from giftcard_provider.records import StreamTail, stream_order
@@ -495,6 +495,20 @@ def test_add_shows_the_secret_once_and_list_never(app, receiver):
     assert json.loads(cli(app, "list", "--json").output) == {"endpoints": []}
     result = cli(app, "remove", endpoint_id)
     assert result.exit_code == 1 and f"no webhook endpoint {endpoint_id}" in result.output
+    keys = Keys(store_of(app).keys.prefix).webhook(endpoint_id)
+    assert not any(store_of(app).redis.exists(k) for k in keys.values())
+
+
+def test_a_pause_racing_a_remove_recreates_nothing(app, receiver, monkeypatch):
+    """The worker pauses an endpoint on a 410 while an operator removes it: the pause must not
+    write a URL-less hash that nothing lists or removes."""
+    endpoint_id = add_endpoint(app, receiver.url)["id"]
+    hooks = Webhooks(store_of(app))
+    read_before = hooks.endpoint(endpoint_id)
+    hooks.remove(endpoint_id)
+    monkeypatch.setattr(hooks, "endpoint", lambda _: read_before)  # the pause read it just before the remove
+    with pytest.raises(NotFound, match=f"no webhook endpoint {endpoint_id}"):
+        hooks.set_paused(endpoint_id, True, "the receiver answered 410 Gone")
     keys = Keys(store_of(app).keys.prefix).webhook(endpoint_id)
     assert not any(store_of(app).redis.exists(k) for k in keys.values())
 
