@@ -556,7 +556,9 @@ class LogBounds:
 @dataclass(frozen=True)
 class Endpoint:
     """A webhook endpoint as its hash stores it (keys.py: gc:{w<id>}:endpoint). `types` empty: every
-    event type. The secret ("whsec_" + base64) signs every delivery; only the worker reads it."""
+    event type. The secret ("whsec_" + base64) signs every delivery: only what signs reads it (the
+    worker, and `replay --event/--failed`); every other reader (list, pause, failures, /metrics) reads
+    PUBLIC_FIELDS only, and its Endpoint has secret ""."""
 
     id: str
     url: str
@@ -566,6 +568,13 @@ class Endpoint:
     paused_reason: str
     description: str
     created_ms: int
+
+    PUBLIC_FIELDS = ("url", "types", "paused", "paused_reason", "description", "created")
+
+    @classmethod
+    def from_values(cls, endpoint_id: str, names: tuple[str, ...], values: list[str | None]) -> Endpoint | None:
+        """An HMGET of `names` -> the endpoint (None if it has no url: gone)."""
+        return cls.from_hash(endpoint_id, {n: v for n, v in zip(names, values, strict=True) if v is not None})
 
     @classmethod
     def from_hash(cls, endpoint_id: str, fields: dict[str, str]) -> Endpoint | None:

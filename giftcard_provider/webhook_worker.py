@@ -162,7 +162,7 @@ class Worker:
         return seconds * 1000 + micros // 1000
 
     def _refresh_endpoints(self) -> None:
-        current = {e.id: e for e in self.hooks.endpoints()}
+        current = {e.id: e for e in self.hooks.endpoints(with_secret=True)}  # it signs
         if current.keys() != self.endpoints.keys() or any(
             current[i].paused != self.endpoints[i].paused for i in current
         ):

@@ -439,20 +439,25 @@ class Webhooks:
             replies = pipe.execute(raise_on_error=False)  # a missing stream answers an error: not a failure
             return {b: StreamTail.from_info(r) for b, r in zip(everyone, replies, strict=True)}  # raises the others
 
-    def endpoints(self) -> list[Endpoint]:
-        """Every endpoint, oldest first."""
+    def endpoints(self, *, with_secret: bool = False) -> list[Endpoint]:
+        """Every endpoint, oldest first; their secrets only `with_secret` (the worker signs), else ""."""
+        names = Endpoint.PUBLIC_FIELDS + (("secret",) if with_secret else ())
         with self._errors():
             ids = sorted(self.redis.smembers(self.keys.webhook_endpoints()))
             pipe = self.redis.pipeline(transaction=False)
             for endpoint_id in ids:
-                pipe.hgetall(self._keys(endpoint_id)["endpoint"])
-            found = [Endpoint.from_hash(i, f) for i, f in zip(ids, pipe.execute(), strict=True)]
+                pipe.hmget(self._keys(endpoint_id)["endpoint"], names)
+            found = [Endpoint.from_values(i, names, v) for i, v in zip(ids, pipe.execute(), strict=True)]
         return sorted((e for e in found if e), key=lambda e: (e.created_ms, e.id))
 
     def endpoint(self, endpoint_id: str) -> Endpoint:
+        """One endpoint, without its secret (secret "")."""
         if is_valid_id(endpoint_id):
+            names = Endpoint.PUBLIC_FIELDS
             with self._errors():
-                found = Endpoint.from_hash(endpoint_id, self.redis.hgetall(self._keys(endpoint_id)["endpoint"]))
+                found = Endpoint.from_values(
+                    endpoint_id, names, self.redis.hmget(self._keys(endpoint_id)["endpoint"], names)
+                )
             if found:
                 return found
         raise NotFound(f"no webhook endpoint {endpoint_id}")
@@ -562,9 +567,13 @@ class Webhooks:
 
     def deliver_now(self, endpoint: Endpoint, event: Event) -> Attempt:
         """One attempt, from this process (an operator's replay of a single event): no retry, the
-        worker's cursor untouched."""
+        worker's cursor untouched. The secret is read here, for this signature only."""
+        with self._errors():
+            secret = self.redis.hget(self._keys(endpoint.id)["endpoint"], "secret")
+        if not secret:
+            raise NotFound(f"no webhook endpoint {endpoint.id}")
         body = body_of(event)
-        headers = signed_headers(Webhook(endpoint.secret), event.id, body)
+        headers = signed_headers(Webhook(secret), event.id, body)
         sender = Sender(self.settings.webhook_timeout_seconds)
         try:
             return sender.post(endpoint.url, body, headers)

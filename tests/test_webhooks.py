@@ -340,6 +340,8 @@ def test_a_failing_event_goes_to_the_dead_letters_after_n_attempts_and_blocks_no
     assert result.exit_code == 0, result.output
     assert f"{poison.id}: delivered (HTTP 204" in result.output
     assert receiver.ids().count(poison.id) == 6
+    _, headers, body = receiver.requests[-1]
+    Webhook(endpoint["secret"]).verify(body, headers)  # signed by the command, with the endpoint's secret
     assert Webhooks(store_of(app)).dead_count(endpoint["id"]) == 0
     stats = Webhooks(store_of(app)).stats(endpoint["id"])
     assert (stats.dead, stats.failures) == (1, {"http_4xx": 5})
@@ -491,6 +493,9 @@ def test_add_shows_the_secret_once_and_list_never(app, receiver):
         (endpoint_id, receiver.url, "CRM", False)
     ]
     assert "secret" not in listed[0]
+    hooks = Webhooks(store_of(app))  # what lists, pauses or scrapes never reads the secret at all
+    assert hooks.endpoint(endpoint_id).secret == "" and [e.secret for e in hooks.endpoints()] == [""]
+    assert [e.secret for e in hooks.endpoints(with_secret=True)] == [secret]  # the worker's reading
     assert cli(app, "remove", endpoint_id).output == f"removed endpoint {endpoint_id} ({receiver.url})\n"
     assert json.loads(cli(app, "list", "--json").output) == {"endpoints": []}
     result = cli(app, "remove", endpoint_id)
