@@ -743,6 +743,7 @@ class WebhookStats:
     failures: dict[str, int]
     latency_counts: dict[int, int]
     latency_sum_ms: int
+    trimmed: int = 0  # events the retention trimmed before the endpoint had them: never delivered
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> WebhookStats:
@@ -752,4 +753,5 @@ class WebhookStats:
             failures={k[5:]: int(v) for k, v in fields.items() if k.startswith("fail:")},
             latency_counts={int(k[4:]): int(v) for k, v in fields.items() if k.startswith("lat:")},
             latency_sum_ms=_int(fields, "lat_sum_ms"),
+            trimmed=_int(fields, "trimmed"),
         )

@@ -40,7 +40,7 @@ from .errors import NotFound, ProviderError
 from .keys import BUCKETS, buckets
 from .ledger_calls import translated_errors
 from .records import DeadLetter, Endpoint, Event, LaneCursor, LaneRetry, StreamTail
-from .webhooks import LATENCY_BOUNDS, Attempt, Sender, Webhooks, body_of, signed_headers
+from .webhooks import LATENCY_BOUNDS, Attempt, Sender, Webhooks, body_of, predecessor, signed_headers
 
 log = logging.getLogger("giftcard_provider.webhooks")
 
@@ -299,10 +299,13 @@ class Lane:
         with translated_errors():
             page = w.redis.xrange(w.keys.events(self.bucket), start, tail.last_id, count=w.batch)
         events = [Event.from_stream(self.bucket, stream_id, fields) for stream_id, fields in page]
+        numbers = ordinals(events, self.cursor, tail)
+        if not self._pass_trimmed(events, numbers):
+            return
         if self.retry is not None and (not events or events[0].stream_id != self.retry.stream_id):
             self.retry = None  # not the event right after the cursor: its attempts are not this one's
         skipped = None
-        for event, ordinal in zip(events, ordinals(events, self.cursor, tail), strict=True):
+        for event, ordinal in zip(events, numbers, strict=True):
             endpoint = w.endpoints.get(self.endpoint_id)
             if w.stop.is_set() or endpoint is None or endpoint.paused:
                 break
@@ -320,6 +323,26 @@ class Lane:
                 return
         if skipped is not None:
             self._step("skipped", skipped)
+
+    def _pass_trimmed(self, events: list[Event], numbers: list[int | None]) -> bool:
+        """Events the retention trimmed after the cursor, before this lane had them, are lost for the
+        endpoint: when the count is known (the cursor's ordinal and the first event's), move the
+        cursor to just before the first retained event, count them ("trimmed", /metrics) and warn,
+        once. False: the step was not recorded (the lane is no longer ours, or moved)."""
+        if not events or self.cursor is None or self.cursor.ordinal is None or numbers[0] is None:
+            return True
+        lost = numbers[0] - self.cursor.ordinal - 1
+        if lost <= 0:
+            return True
+        before_first = LaneCursor(predecessor(events[0].stream_id), numbers[0] - 1).pack()
+        if not self._step("skipped", before_first, str(lost)):
+            return False
+        log.warning(
+            "webhook events trimmed before delivery: %d event(s) of bucket %s never reach %s",
+            lost, self.bucket, self.endpoint_id,
+            extra={"fields": {"endpoint": self.endpoint_id, "bucket": self.bucket, "trimmed": lost}},
+        )  # fmt: skip
+        return True
 
     def _deliver(self, endpoint: Endpoint, event: Event, position: str) -> bool:
         """Send one event; record the outcome. False: the lane stops here (failed, or no longer ours)."""

@@ -461,6 +461,34 @@ def test_a_retry_noted_against_a_cursor_since_moved_holds_nothing_back(app, rece
     assert receiver.ids() == [e.id for e in events] * 2
 
 
+def test_events_trimmed_before_delivery_are_counted_and_logged(app, receiver, caplog):
+    """Retention trimming events an endpoint has not had yet loses them for it: the lane passes over
+    them once, with a warning and giftcard_webhook_events_trimmed_total, and goes on."""
+    from giftcard_provider import events as event_log
+
+    endpoint = add_endpoint(app, receiver.url)
+    hub = Hub(app.test_client(), HEADERS)
+    card = hub.funded_card(Decimal("30"))["id"]  # created, credit
+    run_worker(app, lambda: pending(app, endpoint["id"]) == 0)  # the cursor's ordinal is known now
+    assert cli(app, "pause", endpoint["id"]).exit_code == 0
+    for _ in range(3):
+        hub.debit(card, Decimal("1"))  # three authorize events, of which retention keeps the last
+    store = store_of(app)
+    assert event_log.trim(store.redis, store.keys, now_ms=store.now_ms(), max_age_days=0, max_per_bucket=1) == 4
+    kept = log_events(app)
+    assert [e.type for e in kept] == ["authorize"]
+    assert cli(app, "resume", endpoint["id"]).exit_code == 0
+    with caplog.at_level("WARNING", logger="giftcard_provider.webhooks"):
+        run_worker(app, lambda: pending(app, endpoint["id"]) == 0)
+    assert receiver.ids()[2:] == [kept[0].id]  # the two trimmed authorizations never came
+    assert Webhooks(store).stats(endpoint["id"]).trimmed == 2
+    assert [r.getMessage() for r in caplog.records if "trimmed" in r.getMessage()] == [
+        f"webhook events trimmed before delivery: 2 event(s) of bucket {kept[0].bucket} never reach {endpoint['id']}"
+    ]
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert f'giftcard_webhook_events_trimmed_total{{endpoint="{endpoint["id"]}"}} 2.0' in text
+
+
 def test_a_new_endpoint_starts_now_unless_told_otherwise(app, receiver):
     hub = Hub(app.test_client(), HEADERS)
     hub.funded_card(Decimal("3"))

@@ -14,7 +14,9 @@
 --   delivered  the cursor moves to ARGV[5]; ARGV[6] the event's time (ms, Redis clock); ARGV[7] the
 --              latency histogram's bounds in ms, comma-separated, ascending: "lat:<i>" counts the
 --              latencies up to bound i (1-based), "lat:<#bounds + 1>" the rest; "lat_sum_ms" their sum
---   skipped    the cursor moves to ARGV[5] (events the endpoint's filter leaves out)
+--   skipped    the cursor moves to ARGV[5] (events the endpoint's filter leaves out); ARGV[6], if
+--              given: events the retention trimmed before this lane handled them, passed over now
+--              (counted in "trimmed")
 --   dead       the cursor moves to ARGV[5]; ARGV[6] the last attempt's failure kind; ARGV[7..] the dead
 --              letter's fields (field, value, ...), appended to the dead-letter stream
 --   retry      the cursor stays; ARGV[5] "<stream id>|<attempts>"; ARGV[6] the failure kind; ARGV[7]
@@ -55,6 +57,8 @@ if outcome == 'delivered' then
   redis.call('HINCRBY', KEYS[4], 'delivered', 1)
   redis.call('HINCRBY', KEYS[4], 'lat:' .. index, 1)
   redis.call('HINCRBY', KEYS[4], 'lat_sum_ms', latency)
+elseif outcome == 'skipped' and ARGV[6] then
+  redis.call('HINCRBY', KEYS[4], 'trimmed', tonumber(ARGV[6]))
 elseif outcome == 'dead' then
   local fields = {}
   for i = 7, #ARGV do table.insert(fields, ARGV[i]) end
