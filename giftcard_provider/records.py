@@ -507,20 +507,29 @@ class Books:
         return {name: getattr(self, name) for name in BOOK_TOTALS} | {"liability": self.liability}
 
 
-def stream_position(stream_id: str) -> tuple[int, int]:
-    """A stream id "<ms>-<n>" -> (ms, n), which order as the stream does."""
+def stream_order(stream_id: str) -> tuple[int, int]:
+    """A stream id "<ms>-<n>" (or "<ms>") -> (ms, n), which order as the stream does."""
     ms, _, n = stream_id.partition("-")
     return int(ms), int(n or 0)
 
 
+def redis_time_ms(reply) -> int:
+    """A TIME reply (seconds, microseconds) -> epoch milliseconds on Redis's clock."""
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 @dataclass(frozen=True)
 class LogBounds:
-    """What one bucket's event log still holds, from XINFO STREAM (Redis 7: `entries-added`).
+    """What one bucket's event log still holds, from XINFO STREAM (Redis 7: `entries-added`): for
+    reports (complete_from_ms) and webhooks (pending_after, handled).
 
     Retention trims a log from its oldest end (XTRIM MINID / MAXLEN; nothing here deletes single
     entries), so the log holds every event from `complete_from_ms` on: the beginning (0) if nothing
     was ever trimmed, else just after the first entry kept (the trimmed ones may share its
-    millisecond), or after the last id ever written if everything was trimmed.
+    millisecond), or after the last id ever written if everything was trimmed. For the same reason
+    entry ordinals are contiguous: the last entry is number `entries_added`, the first retained one
+    `entries_added - length + 1`.
     """
 
     length: int
@@ -539,6 +548,30 @@ class LogBounds:
             last_id=reply["last-generated-id"],
         )
 
+    @classmethod
+    def from_info(cls, info) -> LogBounds | None:
+        """An XINFO STREAM reply from a pipeline run with raise_on_error=False -> the bounds; None
+        only for a stream that does not exist (Redis answers "no such key"). Any other error is
+        raised: a cluster pipeline puts a node's connection or timeout error in the reply list, and
+        reading it as "no log yet" would place a new endpoint's cursor at that bucket's start."""
+        if isinstance(info, ResponseError) and str(info).removeprefix("ERR ").strip() == "no such key":
+            return None
+        if isinstance(info, BaseException):
+            raise info
+        return cls.from_xinfo(info)
+
+    def pending_after(self, cursor: LaneCursor | None) -> int:
+        """Events retained after `cursor`: exact when its ordinal is known, else at most `length`."""
+        if cursor is not None and self.handled(cursor):
+            return 0
+        if cursor is None or cursor.ordinal is None or self.entries_added is None:
+            return self.length
+        return max(0, min(self.entries_added - cursor.ordinal, self.length))
+
+    def handled(self, cursor: LaneCursor) -> bool:
+        """Whether `cursor` is at or past the stream's last entry (nothing left after it)."""
+        return stream_order(cursor.stream_id) >= stream_order(self.last_id)
+
     @property
     def complete_from_ms(self) -> int | None:
         """The earliest time (ms) from which every event of the log is still there; None if the
@@ -547,7 +580,7 @@ class LogBounds:
             return None
         if self.entries_added <= self.length:
             return 0
-        return stream_position(self.first_id or self.last_id)[0] + 1
+        return stream_order(self.first_id or self.last_id)[0] + 1
 
 
 # -- webhooks (webhooks.py, webhook_worker.py) -----------------------------------
@@ -659,50 +692,6 @@ class LaneRetry:
         noted against that cursor. One noted against another is stale (a replay moved the cursor
         meanwhile) and is ignored, or the lane would wait for an event it no longer sends next."""
         return self.after is None or self.after == (cursor.stream_id if cursor else "")
-
-
-@dataclass(frozen=True)
-class StreamTail:
-    """XINFO STREAM of a bucket's log, as far as webhooks need it. Events are only ever appended and
-    trimmed from the head (never XDEL), so entry ordinals are contiguous: the last entry is number
-    `entries_added`, the first retained one `entries_added - length + 1`."""
-
-    length: int
-    entries_added: int
-    last_id: str
-    first_id: str | None
-
-    @classmethod
-    def from_info(cls, info) -> StreamTail | None:
-        """An XINFO STREAM reply (from a pipeline run with raise_on_error=False) -> the tail; None
-        only for a stream that does not exist (Redis answers "no such key"). Any other error is
-        raised: a cluster pipeline puts a node's connection or timeout error in the reply list, and
-        reading it as "no log yet" would place a new endpoint's cursor at that bucket's start."""
-        if isinstance(info, ResponseError) and str(info).removeprefix("ERR ").strip() == "no such key":
-            return None
-        if isinstance(info, BaseException):
-            raise info
-        first = info.get("first-entry")
-        last = info["last-generated-id"]
-        return cls(int(info["length"]), int(info["entries-added"]), last, first[0] if first else None)
-
-    def pending_after(self, cursor: LaneCursor | None) -> int:
-        """Events retained after `cursor`: exact when its ordinal is known, else at most `length`."""
-        if cursor is not None and self.handled(cursor):
-            return 0
-        if cursor is None or cursor.ordinal is None:
-            return self.length
-        return max(0, min(self.entries_added - cursor.ordinal, self.length))
-
-    def handled(self, cursor: LaneCursor) -> bool:
-        """Whether `cursor` is at or past the stream's last entry (nothing left after it)."""
-        return stream_order(cursor.stream_id) >= stream_order(self.last_id)
-
-
-def stream_order(stream_id: str) -> tuple[int, int]:
-    """A stream id as a sortable pair: "<ms>-<n>" -> (ms, n)."""
-    ms, _, n = stream_id.partition("-")
-    return int(ms), int(n)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .observability import redis_error
-from .records import WebhookStats
+from .records import WebhookStats, redis_time_ms
 from .webhooks import FAILURE_KINDS, LATENCY_BOUNDS, Webhooks
 
 
@@ -36,8 +36,7 @@ class WebhooksCollector:
         client = self.store.calls.raw
         endpoints = hooks.endpoints()
         pending = hooks.pending(endpoints) if endpoints else {}
-        seconds, micros = client.time()  # its own round trip: a cluster pipeline refuses TIME
-        now_ms = seconds * 1000 + micros // 1000
+        now_ms = redis_time_ms(client.time())  # its own round trip: a cluster pipeline refuses TIME
         pipe = client.pipeline(transaction=False)
         pipe.zrange(self.store.keys.webhook_workers(), 0, -1, withscores=True)
         for e in endpoints:

@@ -39,7 +39,7 @@ from standardwebhooks import Webhook
 from .errors import NotFound, ProviderError
 from .keys import BUCKETS, buckets
 from .ledger_calls import translated_errors
-from .records import DeadLetter, Endpoint, Event, LaneCursor, LaneRetry, StreamTail
+from .records import DeadLetter, Endpoint, Event, LaneCursor, LaneRetry, LogBounds
 from .webhooks import LATENCY_BOUNDS, Attempt, Sender, Webhooks, body_of, predecessor, signed_headers
 
 log = logging.getLogger("giftcard_provider.webhooks")
@@ -58,8 +58,8 @@ def backoff(attempts: int, base: float, cap: float, rng=random) -> float:
     return delay * rng.uniform(0.5, 1.0)
 
 
-def ordinals(events: list[Event], cursor: LaneCursor | None, tail: StreamTail) -> list[int | None]:
-    """Each event's ordinal in its bucket's stream (see StreamTail), where it can be known: counted
+def ordinals(events: list[Event], cursor: LaneCursor | None, tail: LogBounds) -> list[int | None]:
+    """Each event's ordinal in its bucket's stream (see LogBounds), where it can be known: counted
     back from the stream's last entry when the read reached it, else forward from the stream's first
     retained entry when the read started there (the cursor was older than the retention), else
     forward from the cursor's own ordinal."""
@@ -154,13 +154,6 @@ class Worker:
             self._scripts = {"lease": client.register_script(LEASE_SCRIPT), "lane": client.register_script(LANE_SCRIPT)}
         return self._scripts[which]
 
-    def _now_ms(self) -> int:
-        """Redis's clock (the scripts' clock), in its own round trip: a cluster pipeline refuses TIME.
-        On a cluster this is one node's clock and the scripts run on others': their skew (ms, with
-        NTP) shifts a retry or a heartbeat by as much, never more."""
-        seconds, micros = self.redis.time()
-        return seconds * 1000 + micros // 1000
-
     def _refresh_endpoints(self) -> None:
         current = {e.id: e for e in self.hooks.endpoints(with_secret=True)}  # it signs
         if current.keys() != self.endpoints.keys() or any(
@@ -170,8 +163,11 @@ class Worker:
         self.endpoints = current
 
     def _renew(self) -> None:
+        # Redis's clock (the scripts' clock: store.now_ms, its own round trip, as a cluster pipeline
+        # refuses TIME). On a cluster it is one node's clock and the scripts run on others': their
+        # skew (ms, with NTP) shifts a retry or a heartbeat by as much, never more.
         with translated_errors():
-            now_ms = self._now_ms()
+            now_ms = self.store.now_ms()
             pipe = self.redis.pipeline(transaction=False)
             workers = self.keys.webhook_workers()
             pipe.zadd(workers, {self.id: now_ms + self.lease_ms})
@@ -210,7 +206,7 @@ class Worker:
         if not active:
             return
         with translated_errors():
-            now_ms = self._now_ms()
+            now_ms = self.store.now_ms()
             pipe = self.redis.pipeline(transaction=False)
             for b in ALL_BUCKETS:
                 pipe.xinfo_stream(self.keys.events(b))
@@ -223,7 +219,7 @@ class Worker:
                 if isinstance(reply, Exception):
                     raise reply
             # None for a bucket with no log yet; any other XINFO error (a node down) is raised
-            tails = {b: StreamTail.from_info(r) for b, r in zip(ALL_BUCKETS, rest[:BUCKETS], strict=True)}
+            tails = {b: LogBounds.from_info(r) for b, r in zip(ALL_BUCKETS, rest[:BUCKETS], strict=True)}
         states = rest[BUCKETS:]
         for i, endpoint in enumerate(active):
             cursors, retries = states[2 * i], states[2 * i + 1]
@@ -240,7 +236,7 @@ class Worker:
                     continue
                 self._submit(endpoint.id, bucket, tail)
 
-    def _submit(self, endpoint_id: str, bucket: str, tail: StreamTail) -> None:
+    def _submit(self, endpoint_id: str, bucket: str, tail: LogBounds) -> None:
         lane = (endpoint_id, bucket)
         with self._busy_lock:
             if lane in self._busy:
@@ -248,7 +244,7 @@ class Worker:
             self._busy.add(lane)
         self.pool.submit(self._run_lane, endpoint_id, bucket, tail)
 
-    def _run_lane(self, endpoint_id: str, bucket: str, tail: StreamTail) -> None:
+    def _run_lane(self, endpoint_id: str, bucket: str, tail: LogBounds) -> None:
         try:
             Lane(self, endpoint_id, bucket).run(tail)
         except (ProviderError, redis.RedisError) as exc:
@@ -279,7 +275,7 @@ class Lane:
         self.cursor: LaneCursor | None = None
         self.retry: LaneRetry | None = None
 
-    def run(self, tail: StreamTail) -> None:
+    def run(self, tail: LogBounds) -> None:
         """The dispatcher's reading is only a hint (a lane that just finished may have moved since):
         the lane reads its own cursor and retry state first, then its events up to `tail`."""
         w = self.w
@@ -293,7 +289,7 @@ class Lane:
                 self.retry = None  # noted against a cursor since moved (a replay): not this head's
             if self.cursor is not None and tail.handled(self.cursor):
                 return
-            if self.retry is not None and self.retry.next_ms > w._now_ms():
+            if self.retry is not None and self.retry.next_ms > w.store.now_ms():
                 return
         start = f"({self.cursor.stream_id}" if self.cursor else "-"
         with translated_errors():

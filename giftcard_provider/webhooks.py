@@ -50,7 +50,7 @@ from .records import (
     Event,
     LaneCursor,
     LaneRetry,
-    StreamTail,
+    LogBounds,
     WebhookStats,
 )
 
@@ -429,7 +429,7 @@ class Webhooks:
             cursor[bucket] = predecessor(stream_id) or ""
         return {b: LaneCursor(v, None).pack() if v else "" for b, v in cursor.items()}
 
-    def tails(self) -> dict[str, StreamTail | None]:
+    def tails(self) -> dict[str, LogBounds | None]:
         """XINFO STREAM of every bucket's log, in one round trip (None: a bucket with no log yet)."""
         everyone = buckets()
         with self._errors():
@@ -437,7 +437,7 @@ class Webhooks:
             for b in everyone:
                 pipe.xinfo_stream(self.keys.events(b))
             replies = pipe.execute(raise_on_error=False)  # a missing stream answers an error: not a failure
-            return {b: StreamTail.from_info(r) for b, r in zip(everyone, replies, strict=True)}  # raises the others
+            return {b: LogBounds.from_info(r) for b, r in zip(everyone, replies, strict=True)}  # raises the others
 
     def endpoints(self, *, with_secret: bool = False) -> list[Endpoint]:
         """Every endpoint, oldest first; their secrets only `with_secret` (the worker signs), else ""."""
@@ -490,7 +490,7 @@ class Webhooks:
             flat = self.redis.hgetall(self._keys(endpoint_id)["cursor"])
         return {b: LaneCursor.parse(flat.get(b)) for b in buckets()}
 
-    def pending(self, endpoints: list[Endpoint], tails: dict[str, StreamTail | None] | None = None) -> dict[str, int]:
+    def pending(self, endpoints: list[Endpoint], tails: dict[str, LogBounds | None] | None = None) -> dict[str, int]:
         """Events each endpoint has still to handle (deliver, filter out or give up), retained in the
         log: exact per lane whose cursor's ordinal is known, else an upper bound (after a replay, until
         the lane reaches the end of its bucket's log)."""

@@ -29,7 +29,7 @@ from giftcard_provider import create_app
 from giftcard_provider.errors import InvalidRequest, NotFound
 from giftcard_provider.keys import Keys
 from giftcard_provider.money import exponent_of
-from giftcard_provider.records import StreamTail, stream_order
+from giftcard_provider.records import LogBounds, stream_order
 from giftcard_provider.webhook_worker import Worker, backoff
 from giftcard_provider.webhooks import Sender, Webhooks, check_url
 
@@ -592,14 +592,14 @@ def test_a_node_failure_is_not_read_as_an_empty_log(app, receiver, monkeypatch):
     Hub(app.test_client(), HEADERS).funded_card(Decimal("3"))
     hooks = Webhooks(store_of(app))
     assert sum(t is None for t in hooks.tails().values()) >= 250  # the real "no such key" is read as None
-    assert StreamTail.from_info(redis.ResponseError("no such key")) is None
+    assert LogBounds.from_info(redis.ResponseError("no such key")) is None
     for error in (
         redis.ConnectionError("node down"),
         redis.TimeoutError("timed out"),
         redis.ResponseError("WRONGTYPE"),
     ):
         with pytest.raises(type(error)):
-            StreamTail.from_info(error)
+            LogBounds.from_info(error)
 
     execute = redis.client.Pipeline.execute
 
