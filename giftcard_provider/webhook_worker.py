@@ -138,10 +138,6 @@ class Worker:
             self._renew()
         self._dispatch()
 
-    def idle(self) -> bool:
-        with self._busy_lock:
-            return not self._busy
-
     # -- configuration and leases --
 
     @property

@@ -159,9 +159,9 @@ def body_of(event: Event) -> str:
     return simplejson.dumps(payload(event), use_decimal=True, separators=(",", ":"))
 
 
-def signed_headers(signer: Webhook, message_id: str, body: str, now: float | None = None) -> dict[str, str]:
+def signed_headers(signer: Webhook, message_id: str, body: str) -> dict[str, str]:
     """The Standard Webhooks headers for one attempt (a retry signs again with its own timestamp)."""
-    moment = datetime.fromtimestamp(int(time.time() if now is None else now), UTC)
+    moment = datetime.fromtimestamp(int(time.time()), UTC)
     return {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
@@ -484,11 +484,6 @@ class Webhooks:
         return True
 
     # -- position, failures, replays --
-
-    def cursors(self, endpoint_id: str) -> dict[str, LaneCursor | None]:
-        with self._errors():
-            flat = self.redis.hgetall(self._keys(endpoint_id)["cursor"])
-        return {b: LaneCursor.parse(flat.get(b)) for b in buckets()}
 
     def pending(self, endpoints: list[Endpoint], tails: dict[str, LogBounds | None] | None = None) -> dict[str, int]:
         """Events each endpoint has still to handle (deliver, filter out or give up), retained in the

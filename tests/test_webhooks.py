@@ -27,9 +27,9 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from giftcard_provider import create_app
 from giftcard_provider.errors import InvalidRequest, NotFound
-from giftcard_provider.keys import Keys
+from giftcard_provider.keys import Keys, buckets
 from giftcard_provider.money import exponent_of
-from giftcard_provider.records import LogBounds, stream_order
+from giftcard_provider.records import LaneCursor, LogBounds, stream_order
 from giftcard_provider.webhook_worker import Worker, backoff
 from giftcard_provider.webhooks import Sender, Webhooks, check_url
 
@@ -672,7 +672,8 @@ def test_a_worker_killed_mid_delivery_loses_nothing_and_repeats_only_that_event(
     # What the receiver got that the dead worker had not recorded: the events it had in flight, at
     # most one per delivery thread (8). Only these may come twice.
     received = set(receiver.ids())
-    cursors = Webhooks(store_of(app)).cursors(endpoint["id"])
+    flat = store_of(app).redis.hgetall(Keys(store_of(app).keys.prefix).webhook(endpoint["id"])["cursor"])
+    cursors = {b: LaneCursor.parse(flat.get(b)) for b in buckets()}
     unrecorded = {
         e.id for e in events
         if e.id in received and (cursors[e.bucket] is None or stream_order(cursors[e.bucket].stream_id)
