@@ -15,7 +15,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from .errors import ProviderError
-from .golive import FAIL, PASS, TODO, Client, GoLive, Report, how_to_deactivate
+from .golive import FAIL, PASS, PROFILE, TODO, Client, GoLive, Report, how_to_deactivate
 from .money import UnknownCurrency, exponent_of
 from .store import LedgerStore
 
@@ -25,15 +25,24 @@ MARKS = {PASS: "PASS", FAIL: "FAIL", TODO: "TODO"}
 
 def store_deactivator(store: LedgerStore):
     """Deactivate the test card through `store`, if it is the deployment's store: one that holds the
-    card the check just created (card ids are random, so no other store holds it)."""
+    card the check just created (card ids are random, so no other store holds it). The id is what the
+    deployment answered, so a card is deactivated only if it is this run's test card: owner
+    golive.PROFILE and the relation name the run gave it. Any other card is left alone (FAIL)."""
 
-    def deactivate(card_id: str) -> tuple[str, str]:
+    def deactivate(card_id: str, relation_name: str) -> tuple[str, str]:
         try:
             card = store.card(card_id)
             if card is None:
                 return TODO, (
                     f"card {card_id} is still active: this command's REDIS_URL is not the deployment's "
                     f"store (it holds no such card), so it could not deactivate it; {how_to_deactivate(card_id)}"
+                )
+            if (card.profile_id, card.relation_name) != (PROFILE, relation_name):
+                return FAIL, (
+                    f"card {card_id} in this command's store is not this run's test card (owner "
+                    f"{card.profile_id!r}, relation {card.relation_name!r}; expected {PROFILE!r}, "
+                    f"{relation_name!r}): left untouched. The deployment answered that id for the card "
+                    "the check created, or REDIS_URL is not the deployment's store"
                 )
             store.set_status(card_id, "inactive", REASON)
             card = store.card(card_id)

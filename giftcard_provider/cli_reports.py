@@ -1,7 +1,8 @@
 """`flask cards report ...`: finance reports for operators (computed by reports.py).
 
 Each report prints a table for people, or CSV or JSON for accounting tools (--format), to stdout
-or to --output FILE (written whole once the report is computed, or not at all). Amounts are exact
+or to --output FILE (written whole once the report is computed, or not at all; a new file is 0600:
+Output). Amounts are exact
 strings with the currency's decimals ("12.50") next to integer minor units (1250), as every
 `flask cards` command writes them; times are ISO 8601 UTC. A walk over the cards or the event log
 shows a progress bar on stderr (only its label when stderr is not a terminal).
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import os
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -69,25 +72,59 @@ def _csv(fields: list[str], rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def _write(text: str, output: str | None) -> None:
-    """To stdout, or to a file replaced whole (a reader never sees half a report)."""
-    if output is None or output == "-":
-        click.echo(text, nl=False)
-        return
-    path = Path(output)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    click.echo(f"wrote {path}", err=True)
+class Output:
+    """Where a report goes: stdout, or FILE replaced whole (a reader never sees half a report).
+
+    The temporary file is made in FILE's directory before the report is computed, so a directory
+    that is missing or not writable is a usage error at once, not a traceback after minutes of
+    reading. A new FILE is 0600, readable by its owner only: `expiring` lists owners (profileId,
+    often an e-mail), and the other reports are finance figures. An existing FILE keeps its mode, so
+    an operator who shared it (chmod g+r) keeps it shared across runs."""
+
+    def __init__(self, path: Path | None, temporary: str | None = None):
+        self.path = path
+        self.temporary = temporary
+
+    @classmethod
+    def open(cls, output: str | None) -> Output:
+        if output is None or output == "-":
+            return cls(None)
+        path = Path(output)
+        try:
+            fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot write a file in {str(path.parent)!r}: {exc.strerror or exc}", param_hint="'--output'"
+            ) from None
+        os.close(fd)
+        return cls(path, temporary)
+
+    def __enter__(self) -> Output:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Whatever happened (a refused report, an error): no temporary file is left behind."""
+        if self.temporary is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temporary)
+
+    def write(self, text: str) -> None:
+        if self.path is None:
+            click.echo(text, nl=False)
+            return
+        try:
+            with open(self.temporary, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(self.temporary, stat.S_IMODE(os.stat(self.path).st_mode))
+            os.replace(self.temporary, self.path)
+        except OSError as exc:
+            raise click.ClickException(f"could not write {self.path}: {exc.strerror or exc}") from None
+        self.temporary = None
+        click.echo(f"wrote {self.path}", err=True)
 
 
-def emit(fmt: str, output: str | None, *, report: str, meta: dict, fields: list[str], rows: list[dict],
+def emit(fmt: str, output: Output, *, report: str, meta: dict, fields: list[str], rows: list[dict],
          title: str, columns: list[Column], notes: list[str] = ()) -> None:  # fmt: skip
     """One report in the asked format: JSON {"report", ...meta, "rows"}, CSV of the rows, or a table."""
     if fmt == "json":
@@ -96,7 +133,7 @@ def emit(fmt: str, output: str | None, *, report: str, meta: dict, fields: list[
         text = _csv(fields, rows)
     else:
         text = _table(title, columns, rows, list(notes))
-    _write(text, output)
+    output.write(text)
 
 
 @contextlib.contextmanager
@@ -106,13 +143,21 @@ def progress_bar(length: int, label: str):
         yield bar.update
 
 
-def _output_options(command):
+def _output_options(report_function):
+    """--format and --output; the command gets its Output already open (Output.open), and closed
+    whatever happens."""
+
+    @functools.wraps(report_function)
+    def run(*args, output, **kwargs):
+        with Output.open(output) as opened:
+            return report_function(*args, output=opened, **kwargs)
+
     command = click.option(
         "--output",
         "-o",
         type=click.Path(dir_okay=False, writable=True),
         help="Write the report to FILE instead of stdout (replaced whole once the report is done).",
-    )(command)
+    )(run)
     return click.option(
         "--format",
         "fmt",

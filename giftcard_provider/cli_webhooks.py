@@ -34,11 +34,14 @@ def _start(value: str, option: str) -> str:
     if value in ("now", "beginning") or parse_event_id(value):
         return value
     try:
-        return str(DATE.convert(value, None, None))
+        ms = DATE.convert(value, None, None)
     except click.BadParameter:
         raise click.BadParameter(
             "now, beginning, an event id (<bucket>-<ms>-<n>) or a date (ISO 8601)", param_hint=option
         ) from None
+    if ms < 0:
+        raise click.BadParameter(f"{value!r} is before 1970-01-01: no event is that old", param_hint=option)
+    return str(ms)
 
 
 def _types(value: str | None) -> list[str]:
@@ -52,6 +55,12 @@ def _types(value: str | None) -> list[str]:
 
 def _usage(exc: InvalidRequest, hint: str):
     return click.BadParameter(exc.message, param_hint=hint)
+
+
+def _usage_of(exc: InvalidRequest, hints: dict[str, str]):
+    """A usage error (exit 2) pointing at the option `exc` is about (Webhooks.add: details["field"])."""
+    hint = hints.get(exc.details.get("field"))
+    return click.BadParameter(exc.message, param_hint=hint) if hint else click.UsageError(exc.message)
 
 
 @webhooks_group.command("add")
@@ -72,7 +81,8 @@ def add(url, types, description, start, as_json):
     try:
         endpoint = hooks.add(url, types=_types(types), description=description, start=_start(start, "'--start'"))
     except InvalidRequest as exc:
-        raise _usage(exc, "URL") from None
+        hints = {"url": "URL", "description": "'--description'", "types": "'--types'", "start": "'--start'"}
+        raise _usage_of(exc, hints) from None
     view = {"id": endpoint.id, "url": endpoint.url, "types": list(endpoint.types), "description": description,
             "secret": endpoint.secret}  # fmt: skip
     if as_json:
@@ -187,7 +197,10 @@ def replay(endpoint_id, start, event_id, failed):
     hooks = _hooks()
     endpoint = hooks.endpoint(endpoint_id)
     if start:
-        hooks.replay_from(endpoint_id, _start(start, "'--from'"))
+        try:
+            hooks.replay_from(endpoint_id, _start(start, "'--from'"))
+        except InvalidRequest as exc:
+            raise _usage_of(exc, {"start": "'--from'"}) from None
         click.echo(f"{endpoint_id}: cursor moved to {start}; the worker delivers from there"
                    + (" (the endpoint is paused: resume it)" if endpoint.paused else ""))  # fmt: skip
         return

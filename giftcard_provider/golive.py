@@ -75,8 +75,10 @@ CHECKS = (
 )
 PASS, FAIL, TODO = "pass", "fail", "todo"  # TODO: an operator's step the check could not take itself
 
-# (status, reason) for the test card: the CLI's store-backed deactivation, or None.
-Deactivate = Callable[[str], tuple[str, str]]
+# (card id, relation name the run gave it) -> (status, reason): the CLI's store-backed deactivation
+# of the test card, or None. The card id is what the deployment answered: the callee must check the
+# card is this run's (owner PROFILE, that relation name) before it touches it.
+Deactivate = Callable[[str, str], tuple[str, str]]
 
 
 class Failed(Exception):
@@ -633,7 +635,7 @@ class GoLive:
     def _deactivate(self) -> tuple[str, str]:
         if self.deactivate is None:
             return TODO, f"card {self.card.id} is still active: {how_to_deactivate(self.card.id)}"
-        return self.deactivate(self.card.id)
+        return self.deactivate(self.card.id, self._rid("relation"))
 
     def _latency_get_card(self) -> str:
         calls = [c for c in self.client.calls if c.method == "GET" and c.endpoint == "/giftcards/{card}"]

@@ -14,7 +14,10 @@ milliseconds on Redis's clock.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+
+from redis.exceptions import ResponseError
 
 # The card's own fields as gc_read_card returns them (ledger.lua: CARD_FIELDS, same order).
 CARD_FIELDS = (
@@ -505,20 +508,29 @@ class Books:
         return {name: getattr(self, name) for name in BOOK_TOTALS} | {"liability": self.liability}
 
 
-def stream_position(stream_id: str) -> tuple[int, int]:
-    """A stream id "<ms>-<n>" -> (ms, n), which order as the stream does."""
+def stream_order(stream_id: str) -> tuple[int, int]:
+    """A stream id "<ms>-<n>" (or "<ms>") -> (ms, n), which order as the stream does."""
     ms, _, n = stream_id.partition("-")
     return int(ms), int(n or 0)
 
 
+def redis_time_ms(reply) -> int:
+    """A TIME reply (seconds, microseconds) -> epoch milliseconds on Redis's clock."""
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 @dataclass(frozen=True)
 class LogBounds:
-    """What one bucket's event log still holds, from XINFO STREAM (Redis 7: `entries-added`).
+    """What one bucket's event log still holds, from XINFO STREAM (Redis 7: `entries-added`): for
+    reports (complete_from_ms) and webhooks (pending_after, handled).
 
     Retention trims a log from its oldest end (XTRIM MINID / MAXLEN; nothing here deletes single
     entries), so the log holds every event from `complete_from_ms` on: the beginning (0) if nothing
     was ever trimmed, else just after the first entry kept (the trimmed ones may share its
-    millisecond), or after the last id ever written if everything was trimmed.
+    millisecond), or after the last id ever written if everything was trimmed. For the same reason
+    entry ordinals are contiguous: the last entry is number `entries_added`, the first retained one
+    `entries_added - length + 1`.
     """
 
     length: int
@@ -537,6 +549,30 @@ class LogBounds:
             last_id=reply["last-generated-id"],
         )
 
+    @classmethod
+    def from_info(cls, info) -> LogBounds | None:
+        """An XINFO STREAM reply from a pipeline run with raise_on_error=False -> the bounds; None
+        only for a stream that does not exist (Redis answers "no such key"). Any other error is
+        raised: a cluster pipeline puts a node's connection or timeout error in the reply list, and
+        reading it as "no log yet" would place a new endpoint's cursor at that bucket's start."""
+        if isinstance(info, ResponseError) and str(info).removeprefix("ERR ").strip() == "no such key":
+            return None
+        if isinstance(info, BaseException):
+            raise info
+        return cls.from_xinfo(info)
+
+    def pending_after(self, cursor: LaneCursor | None) -> int:
+        """Events retained after `cursor`: exact when its ordinal is known, else at most `length`."""
+        if cursor is not None and self.handled(cursor):
+            return 0
+        if cursor is None or cursor.ordinal is None or self.entries_added is None:
+            return self.length
+        return max(0, min(self.entries_added - cursor.ordinal, self.length))
+
+    def handled(self, cursor: LaneCursor) -> bool:
+        """Whether `cursor` is at or past the stream's last entry (nothing left after it)."""
+        return stream_order(cursor.stream_id) >= stream_order(self.last_id)
+
     @property
     def complete_from_ms(self) -> int | None:
         """The earliest time (ms) from which every event of the log is still there; None if the
@@ -545,7 +581,7 @@ class LogBounds:
             return None
         if self.entries_added <= self.length:
             return 0
-        return stream_position(self.first_id or self.last_id)[0] + 1
+        return stream_order(self.first_id or self.last_id)[0] + 1
 
 
 # -- webhooks (webhooks.py, webhook_worker.py) -----------------------------------
@@ -554,7 +590,9 @@ class LogBounds:
 @dataclass(frozen=True)
 class Endpoint:
     """A webhook endpoint as its hash stores it (keys.py: gc:{w<id>}:endpoint). `types` empty: every
-    event type. The secret ("whsec_" + base64) signs every delivery; only the worker reads it."""
+    event type. The secret ("whsec_" + base64) signs every delivery: only what signs reads it (the
+    worker, and `replay --event/--failed`); every other reader (list, pause, failures, /metrics) reads
+    PUBLIC_FIELDS only, and its Endpoint has secret ""."""
 
     id: str
     url: str
@@ -564,6 +602,13 @@ class Endpoint:
     paused_reason: str
     description: str
     created_ms: int
+
+    PUBLIC_FIELDS = ("url", "types", "paused", "paused_reason", "description", "created")
+
+    @classmethod
+    def from_values(cls, endpoint_id: str, names: tuple[str, ...], values: list[str | None]) -> Endpoint | None:
+        """An HMGET of `names` -> the endpoint (None if it has no url: gone)."""
+        return cls.from_hash(endpoint_id, {n: v for n, v in zip(names, values, strict=True) if v is not None})
 
     @classmethod
     def from_hash(cls, endpoint_id: str, fields: dict[str, str]) -> Endpoint | None:
@@ -615,61 +660,39 @@ class LaneCursor:
         return f"{self.stream_id}|{'' if self.ordinal is None else self.ordinal}"
 
 
+_RETRY = re.compile(r"([0-9]+-[0-9]+)\|([0-9]+)\|([0-9]+)\|((?:[0-9]+-[0-9]+)?)\|(.*)", re.S)
+
+
 @dataclass(frozen=True)
 class LaneRetry:
     """A lane's head event that failed: how many attempts so far, when the next may start (epoch ms,
-    Redis clock), and the last attempt's error."""
+    Redis clock), the stream id of the cursor it was noted against (its event is the one right after
+    it; None in a value noted before this field existed), and the last attempt's error."""
 
     stream_id: str
     attempts: int
     next_ms: int
     error: str
+    after: str | None = None
 
     @classmethod
     def parse(cls, value: str | None) -> LaneRetry | None:
+        """ "<stream id>|<attempts>|<next ms>|<cursor's stream id>|<error>" (webhook_lane.lua), or the
+        older "<stream id>|<attempts>|<next ms>|<error>" (no cursor: an error never starts "<ms>-<n>|")."""
         if not value:
             return None
+        match = _RETRY.fullmatch(value)
+        if match:
+            stream_id, attempts, next_ms, after, error = match.groups()
+            return cls(stream_id, int(attempts), int(next_ms), error, after)
         stream_id, attempts, next_ms, error = value.split("|", 3)
         return cls(stream_id, int(attempts), int(next_ms), error)
 
-
-@dataclass(frozen=True)
-class StreamTail:
-    """XINFO STREAM of a bucket's log, as far as webhooks need it. Events are only ever appended and
-    trimmed from the head (never XDEL), so entry ordinals are contiguous: the last entry is number
-    `entries_added`, the first retained one `entries_added - length + 1`."""
-
-    length: int
-    entries_added: int
-    last_id: str
-    first_id: str | None
-
-    @classmethod
-    def from_info(cls, info) -> StreamTail | None:
-        """An XINFO STREAM reply -> the tail; None for a missing stream (the reply is then an error)."""
-        if not isinstance(info, dict):
-            return None
-        first = info.get("first-entry")
-        last = info["last-generated-id"]
-        return cls(int(info["length"]), int(info["entries-added"]), last, first[0] if first else None)
-
-    def pending_after(self, cursor: LaneCursor | None) -> int:
-        """Events retained after `cursor`: exact when its ordinal is known, else at most `length`."""
-        if cursor is not None and self.handled(cursor):
-            return 0
-        if cursor is None or cursor.ordinal is None:
-            return self.length
-        return max(0, min(self.entries_added - cursor.ordinal, self.length))
-
-    def handled(self, cursor: LaneCursor) -> bool:
-        """Whether `cursor` is at or past the stream's last entry (nothing left after it)."""
-        return stream_order(cursor.stream_id) >= stream_order(self.last_id)
-
-
-def stream_order(stream_id: str) -> tuple[int, int]:
-    """A stream id as a sortable pair: "<ms>-<n>" -> (ms, n)."""
-    ms, _, n = stream_id.partition("-")
-    return int(ms), int(n)
+    def applies(self, cursor: LaneCursor | None) -> bool:
+        """Whether this retry is for the lane's head event now, the one right after `cursor`: it was
+        noted against that cursor. One noted against another is stale (a replay moved the cursor
+        meanwhile) and is ignored, or the lane would wait for an event it no longer sends next."""
+        return self.after is None or self.after == (cursor.stream_id if cursor else "")
 
 
 @dataclass(frozen=True)
@@ -710,6 +733,7 @@ class WebhookStats:
     failures: dict[str, int]
     latency_counts: dict[int, int]
     latency_sum_ms: int
+    trimmed: int = 0  # events the retention trimmed before the endpoint had them: never delivered
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> WebhookStats:
@@ -719,6 +743,7 @@ class WebhookStats:
             failures={k[5:]: int(v) for k, v in fields.items() if k.startswith("fail:")},
             latency_counts={int(k[4:]): int(v) for k, v in fields.items() if k.startswith("lat:")},
             latency_sum_ms=_int(fields, "lat_sum_ms"),
+            trimmed=_int(fields, "trimmed"),
         )
 
 

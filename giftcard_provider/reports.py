@@ -26,7 +26,7 @@ from schemas.common import iso_ms
 
 from .errors import InvalidRequest, ProviderError
 from .keys import BUCKETS
-from .records import EVENT_DELTAS, Books, Card, Event, LogBounds, stream_position
+from .records import EVENT_DELTAS, Books, Card, Event, LogBounds, stream_order
 
 DAY_MS = 86_400_000
 CARD_BATCH = 500  # cards read per pipeline
@@ -176,7 +176,7 @@ def liability_as_of(store, as_of_ms: int, progress: Progress = _no_progress) -> 
     progress(BUCKETS - len(snapshot))  # buckets that never held a card: nothing to read
     read = 0
     for bucket, (_, bounds) in sorted(snapshot.items()):
-        if stream_position(bounds.last_id)[0] >= as_of_ms:
+        if stream_order(bounds.last_id)[0] >= as_of_ms:
             read += undo(totals, store.bucket_events(bucket, as_of_ms, through=bounds.last_id))
         progress(1)
     # Retention may have trimmed while the logs were read: the figure stands only if nothing needed went.

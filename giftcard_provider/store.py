@@ -22,7 +22,18 @@ from .keys import Keys, buckets, is_valid_card_id, is_valid_id, owner_member
 from .ledger_calls import LedgerCalls, layout_refusal, translated_errors
 from .ledger_library import RELEASE, Library, installed_libraries, prune_libraries
 from .money import Amount, exponent_of
-from .records import Books, Card, Event, LogBounds, Operation, Transaction, TransactionRead, card_fields, card_from_read
+from .records import (
+    Books,
+    Card,
+    Event,
+    LogBounds,
+    Operation,
+    Transaction,
+    TransactionRead,
+    card_fields,
+    card_from_read,
+    redis_time_ms,
+)
 
 # Hold entries the sweeper looks at per call on one bucket (it calls again while a call releases
 # some): keeps each call short on a backlog. Money calls release every due hold of their card.
@@ -316,8 +327,7 @@ class LedgerStore:
     def now_ms(self) -> int:
         """Redis's clock (the one every event and card date is on), in epoch ms."""
         with translated_errors():
-            seconds, micros = self.redis.time()
-        return seconds * 1000 + micros // 1000
+            return redis_time_ms(self.redis.time())
 
     def log_snapshot(self) -> dict[str, tuple[dict[str, Books], LogBounds]]:
         """Per bucket holding cards: its books per currency and what its event log holds, the books
@@ -361,9 +371,7 @@ class LedgerStore:
         migration is moving their card, "eventsTrimmed": by the event retention}; a bucket that
         cannot be swept is reported, not fatal.
         """
-        with translated_errors():
-            seconds, micros = self.redis.time()
-        now_ms = seconds * 1000 + micros // 1000
+        now_ms = self.now_ms()
         all_buckets = buckets()
         counts = self._pipeline(lambda pipe: [pipe.zcount(self.keys.holds(b), "-inf", now_ms) for b in all_buckets])
         due = [b for b, n in zip(all_buckets, counts, strict=True) if n]

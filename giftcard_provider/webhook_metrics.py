@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .observability import redis_error
-from .records import WebhookStats
+from .records import WebhookStats, redis_time_ms
 from .webhooks import FAILURE_KINDS, LATENCY_BOUNDS, Webhooks
 
 
@@ -36,8 +36,7 @@ class WebhooksCollector:
         client = self.store.calls.raw
         endpoints = hooks.endpoints()
         pending = hooks.pending(endpoints) if endpoints else {}
-        seconds, micros = client.time()  # its own round trip: a cluster pipeline refuses TIME
-        now_ms = seconds * 1000 + micros // 1000
+        now_ms = redis_time_ms(client.time())  # its own round trip: a cluster pipeline refuses TIME
         pipe = client.pipeline(transaction=False)
         pipe.zrange(self.store.keys.webhook_workers(), 0, -1, withscores=True)
         for e in endpoints:
@@ -78,6 +77,11 @@ class WebhooksCollector:
         given_up = CounterMetricFamily(
             "giftcard_webhook_dead_lettered", "Events given up after WEBHOOK_MAX_ATTEMPTS", labels=["endpoint"]
         )
+        trimmed = CounterMetricFamily(
+            "giftcard_webhook_events_trimmed",
+            "Events the retention trimmed from the log before the endpoint had them: never delivered",
+            labels=["endpoint"],
+        )
         latency = HistogramMetricFamily(
             "giftcard_webhook_delivery_latency_seconds",
             "From an event's append to the log to its 2xx answer being recorded (Redis clock)",
@@ -94,13 +98,14 @@ class WebhooksCollector:
             for kind in FAILURE_KINDS:
                 failed.add_metric([e.id, kind], stats.failures.get(kind, 0))
             given_up.add_metric([e.id], stats.dead)
+            trimmed.add_metric([e.id], stats.trimmed)
             cumulative, buckets = 0, []
             for n, bound in enumerate(LATENCY_BOUNDS, start=1):
                 cumulative += stats.latency_counts.get(n, 0)
                 buckets.append((str(bound), cumulative))
             buckets.append(("+Inf", cumulative + stats.latency_counts.get(len(LATENCY_BOUNDS) + 1, 0)))
             latency.add_metric([e.id], buckets, stats.latency_sum_ms / 1000)
-        return [live, *gauges.values(), delivered, failed, given_up, latency]
+        return [live, *gauges.values(), delivered, failed, given_up, trimmed, latency]
 
 
 def webhooks_text(store) -> bytes:

@@ -36,11 +36,11 @@ from pathlib import Path
 import redis
 from standardwebhooks import Webhook
 
-from .errors import ProviderError
+from .errors import NotFound, ProviderError
 from .keys import BUCKETS, buckets
 from .ledger_calls import translated_errors
-from .records import DeadLetter, Endpoint, Event, LaneCursor, LaneRetry, StreamTail
-from .webhooks import LATENCY_BOUNDS, Attempt, Sender, Webhooks, body_of, signed_headers
+from .records import DeadLetter, Endpoint, Event, LaneCursor, LaneRetry, LogBounds
+from .webhooks import LATENCY_BOUNDS, Attempt, Sender, Webhooks, body_of, predecessor, signed_headers
 
 log = logging.getLogger("giftcard_provider.webhooks")
 
@@ -58,8 +58,8 @@ def backoff(attempts: int, base: float, cap: float, rng=random) -> float:
     return delay * rng.uniform(0.5, 1.0)
 
 
-def ordinals(events: list[Event], cursor: LaneCursor | None, tail: StreamTail) -> list[int | None]:
-    """Each event's ordinal in its bucket's stream (see StreamTail), where it can be known: counted
+def ordinals(events: list[Event], cursor: LaneCursor | None, tail: LogBounds) -> list[int | None]:
+    """Each event's ordinal in its bucket's stream (see LogBounds), where it can be known: counted
     back from the stream's last entry when the read reached it, else forward from the stream's first
     retained entry when the read started there (the cursor was older than the retention), else
     forward from the cursor's own ordinal."""
@@ -138,10 +138,6 @@ class Worker:
             self._renew()
         self._dispatch()
 
-    def idle(self) -> bool:
-        with self._busy_lock:
-            return not self._busy
-
     # -- configuration and leases --
 
     @property
@@ -154,15 +150,8 @@ class Worker:
             self._scripts = {"lease": client.register_script(LEASE_SCRIPT), "lane": client.register_script(LANE_SCRIPT)}
         return self._scripts[which]
 
-    def _now_ms(self) -> int:
-        """Redis's clock (the scripts' clock), in its own round trip: a cluster pipeline refuses TIME.
-        On a cluster this is one node's clock and the scripts run on others': their skew (ms, with
-        NTP) shifts a retry or a heartbeat by as much, never more."""
-        seconds, micros = self.redis.time()
-        return seconds * 1000 + micros // 1000
-
     def _refresh_endpoints(self) -> None:
-        current = {e.id: e for e in self.hooks.endpoints()}
+        current = {e.id: e for e in self.hooks.endpoints(with_secret=True)}  # it signs
         if current.keys() != self.endpoints.keys() or any(
             current[i].paused != self.endpoints[i].paused for i in current
         ):
@@ -170,8 +159,11 @@ class Worker:
         self.endpoints = current
 
     def _renew(self) -> None:
+        # Redis's clock (the scripts' clock: store.now_ms, its own round trip, as a cluster pipeline
+        # refuses TIME). On a cluster it is one node's clock and the scripts run on others': their
+        # skew (ms, with NTP) shifts a retry or a heartbeat by as much, never more.
         with translated_errors():
-            now_ms = self._now_ms()
+            now_ms = self.store.now_ms()
             pipe = self.redis.pipeline(transaction=False)
             workers = self.keys.webhook_workers()
             pipe.zadd(workers, {self.id: now_ms + self.lease_ms})
@@ -210,7 +202,7 @@ class Worker:
         if not active:
             return
         with translated_errors():
-            now_ms = self._now_ms()
+            now_ms = self.store.now_ms()
             pipe = self.redis.pipeline(transaction=False)
             for b in ALL_BUCKETS:
                 pipe.xinfo_stream(self.keys.events(b))
@@ -219,10 +211,11 @@ class Worker:
                 pipe.hgetall(k["cursor"])
                 pipe.hgetall(k["retry"])
             rest = pipe.execute(raise_on_error=False)
-        for reply in rest[BUCKETS:]:  # an XINFO error is a bucket with no log yet; any other failure stops here
-            if isinstance(reply, Exception):
-                raise reply
-        tails = {b: StreamTail.from_info(r) for b, r in zip(ALL_BUCKETS, rest[:BUCKETS], strict=True)}
+            for reply in rest[BUCKETS:]:  # any failure stops the cycle here
+                if isinstance(reply, Exception):
+                    raise reply
+            # None for a bucket with no log yet; any other XINFO error (a node down) is raised
+            tails = {b: LogBounds.from_info(r) for b, r in zip(ALL_BUCKETS, rest[:BUCKETS], strict=True)}
         states = rest[BUCKETS:]
         for i, endpoint in enumerate(active):
             cursors, retries = states[2 * i], states[2 * i + 1]
@@ -235,11 +228,11 @@ class Worker:
                 if cursor is not None and tail.handled(cursor):
                     continue
                 retry = LaneRetry.parse(retries.get(bucket))
-                if retry is not None and retry.next_ms > now_ms:
+                if retry is not None and retry.applies(cursor) and retry.next_ms > now_ms:
                     continue
                 self._submit(endpoint.id, bucket, tail)
 
-    def _submit(self, endpoint_id: str, bucket: str, tail: StreamTail) -> None:
+    def _submit(self, endpoint_id: str, bucket: str, tail: LogBounds) -> None:
         lane = (endpoint_id, bucket)
         with self._busy_lock:
             if lane in self._busy:
@@ -247,7 +240,7 @@ class Worker:
             self._busy.add(lane)
         self.pool.submit(self._run_lane, endpoint_id, bucket, tail)
 
-    def _run_lane(self, endpoint_id: str, bucket: str, tail: StreamTail) -> None:
+    def _run_lane(self, endpoint_id: str, bucket: str, tail: LogBounds) -> None:
         try:
             Lane(self, endpoint_id, bucket).run(tail)
         except (ProviderError, redis.RedisError) as exc:
@@ -278,7 +271,7 @@ class Lane:
         self.cursor: LaneCursor | None = None
         self.retry: LaneRetry | None = None
 
-    def run(self, tail: StreamTail) -> None:
+    def run(self, tail: LogBounds) -> None:
         """The dispatcher's reading is only a hint (a lane that just finished may have moved since):
         the lane reads its own cursor and retry state first, then its events up to `tail`."""
         w = self.w
@@ -288,16 +281,23 @@ class Lane:
             pipe.hget(self.k["retry"], self.bucket)
             raw, retry = pipe.execute()
             self.expected, self.cursor, self.retry = raw or "", LaneCursor.parse(raw), LaneRetry.parse(retry)
+            if self.retry is not None and not self.retry.applies(self.cursor):
+                self.retry = None  # noted against a cursor since moved (a replay): not this head's
             if self.cursor is not None and tail.handled(self.cursor):
                 return
-            if self.retry is not None and self.retry.next_ms > w._now_ms():
+            if self.retry is not None and self.retry.next_ms > w.store.now_ms():
                 return
         start = f"({self.cursor.stream_id}" if self.cursor else "-"
         with translated_errors():
             page = w.redis.xrange(w.keys.events(self.bucket), start, tail.last_id, count=w.batch)
         events = [Event.from_stream(self.bucket, stream_id, fields) for stream_id, fields in page]
+        numbers = ordinals(events, self.cursor, tail)
+        if not self._pass_trimmed(events, numbers):
+            return
+        if self.retry is not None and (not events or events[0].stream_id != self.retry.stream_id):
+            self.retry = None  # not the event right after the cursor: its attempts are not this one's
         skipped = None
-        for event, ordinal in zip(events, ordinals(events, self.cursor, tail), strict=True):
+        for event, ordinal in zip(events, numbers, strict=True):
             endpoint = w.endpoints.get(self.endpoint_id)
             if w.stop.is_set() or endpoint is None or endpoint.paused:
                 break
@@ -316,6 +316,26 @@ class Lane:
         if skipped is not None:
             self._step("skipped", skipped)
 
+    def _pass_trimmed(self, events: list[Event], numbers: list[int | None]) -> bool:
+        """Events the retention trimmed after the cursor, before this lane had them, are lost for the
+        endpoint: when the count is known (the cursor's ordinal and the first event's), move the
+        cursor to just before the first retained event, count them ("trimmed", /metrics) and warn,
+        once. False: the step was not recorded (the lane is no longer ours, or moved)."""
+        if not events or self.cursor is None or self.cursor.ordinal is None or numbers[0] is None:
+            return True
+        lost = numbers[0] - self.cursor.ordinal - 1
+        if lost <= 0:
+            return True
+        before_first = LaneCursor(predecessor(events[0].stream_id), numbers[0] - 1).pack()
+        if not self._step("skipped", before_first, str(lost)):
+            return False
+        log.warning(
+            "webhook events trimmed before delivery: %d event(s) of bucket %s never reach %s",
+            lost, self.bucket, self.endpoint_id,
+            extra={"fields": {"endpoint": self.endpoint_id, "bucket": self.bucket, "trimmed": lost}},
+        )  # fmt: skip
+        return True
+
     def _deliver(self, endpoint: Endpoint, event: Event, position: str) -> bool:
         """Send one event; record the outcome. False: the lane stops here (failed, or no longer ours)."""
         w = self.w
@@ -330,7 +350,10 @@ class Lane:
         if attempt.kind == "gone":
             # 410: the receiver wants no more (the specification: disable the endpoint). Paused, not
             # removed: the event stays at the head of its lane for when an operator resumes.
-            w.hooks.set_paused(endpoint.id, True, f"the receiver answered 410 Gone to {event.id}")
+            try:
+                w.hooks.set_paused(endpoint.id, True, f"the receiver answered 410 Gone to {event.id}")
+            except NotFound:
+                return False  # removed meanwhile: nothing to pause, and the lane is no longer ours
             log.error("webhook endpoint %s paused: HTTP 410 Gone", endpoint.id, extra={"fields": fields})
         elif attempts >= w.settings.webhook_max_attempts:
             log.error("webhook event dead-lettered", extra={"fields": fields})

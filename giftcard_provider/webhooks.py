@@ -21,13 +21,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import math
 import re
 import secrets
+import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import simplejson
@@ -47,7 +50,7 @@ from .records import (
     Event,
     LaneCursor,
     LaneRetry,
-    StreamTail,
+    LogBounds,
     WebhookStats,
 )
 
@@ -65,6 +68,7 @@ USER_AGENT = "giftcard-provider-webhooks/1"
 # meanwhile, and a POST sent on it would fail for nothing (it is never retried at once).
 IDLE_REUSE = 1.0
 _RESPONSE_KEPT = 300  # characters of a failing answer's body kept as its error
+PAUSE_SCRIPT = (Path(__file__).parent / "lua" / "webhook_pause.lua").read_text()
 
 
 def new_endpoint_id() -> str:
@@ -102,6 +106,16 @@ def check_url(url: str, *, production: bool) -> str:
     if any(c.isspace() or ord(c) < 32 for c in url):
         raise InvalidRequest("the URL contains spaces or control characters")
     return url
+
+
+@contextlib.contextmanager
+def _about(field: str):
+    """An InvalidRequest raised inside names `field` (details["field"]): the argument it is about."""
+    try:
+        yield
+    except InvalidRequest as exc:
+        exc.details.setdefault("field", field)
+        raise
 
 
 def _check_types(types: list[str]) -> tuple[str, ...]:
@@ -145,9 +159,9 @@ def body_of(event: Event) -> str:
     return simplejson.dumps(payload(event), use_decimal=True, separators=(",", ":"))
 
 
-def signed_headers(signer: Webhook, message_id: str, body: str, now: float | None = None) -> dict[str, str]:
+def signed_headers(signer: Webhook, message_id: str, body: str) -> dict[str, str]:
     """The Standard Webhooks headers for one attempt (a retry signs again with its own timestamp)."""
-    moment = datetime.fromtimestamp(int(time.time() if now is None else now), UTC)
+    moment = datetime.fromtimestamp(int(time.time()), UTC)
     return {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
@@ -170,15 +184,90 @@ class Attempt:
     retry_after: float | None = None
 
 
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the attempt's deadline passed")
+    return left
+
+
+class _Deadline:
+    """A socket whose every send and receive waits at most until `deadline` (time.monotonic()): the
+    attempt's end, set by Sender.post. A plain per-call timeout would let a receiver that trickles
+    its answer a byte at a time hold an attempt (and a worker's SIGTERM shutdown) for ever."""
+
+    deadline = math.inf
+
+    def _arm(self) -> None:
+        if self.deadline != math.inf:
+            self.settimeout(_remaining(self.deadline))
+
+    def recv(self, *args):
+        self._arm()
+        return super().recv(*args)
+
+    def recv_into(self, *args):
+        self._arm()
+        return super().recv_into(*args)
+
+    def send(self, *args):
+        self._arm()
+        return super().send(*args)
+
+    def sendall(self, *args):  # one deadline for the whole call (Python >= 3.5)
+        self._arm()
+        return super().sendall(*args)
+
+
+class _DeadlineSocket(_Deadline, socket.socket):
+    pass
+
+
+class _DeadlineSSLSocket(_Deadline, ssl.SSLSocket):
+    """The TLS socket the context makes (its sslsocket_class)."""
+
+
+def _deadline_connection(conn):
+    """conn's _create_connection: connect within the attempt's time left, then a _DeadlineSocket (the
+    TLS handshake, made next by HTTPSConnection.connect, gets what is left after the connect)."""
+
+    def create(address, timeout, source_address=None):
+        plain = socket.create_connection(address, _remaining(conn.deadline), source_address)
+        sock = _DeadlineSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
+        sock.deadline = conn.deadline
+        sock.settimeout(_remaining(conn.deadline))
+        return sock
+
+    return create
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    deadline = math.inf
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._create_connection = _deadline_connection(self)
+
+    def connect(self):
+        super().connect()
+        self.sock.deadline = self.deadline  # for https, the TLS socket made from the plain one
+
+
+class _HTTPSConnection(_HTTPConnection, http.client.HTTPSConnection):
+    pass
+
+
 class Sender:
     """POSTs with a per-thread keep-alive connection per origin (reused within IDLE_REUSE). Redirects
     are failures (the specification: update the URL instead), and so is any answer but a 2xx.
-    `timeout` bounds every network wait of an attempt (connect, send, each read), not their sum."""
+    `timeout` bounds each attempt as a whole (connect, TLS handshake, send, every read): each socket
+    call waits at most the time left (_DeadlineSocket)."""
 
     def __init__(self, timeout: float):
         self.timeout = timeout
         self._local = threading.local()
         self._tls = ssl.create_default_context()
+        self._tls.sslsocket_class = _DeadlineSSLSocket
         self._pools: list[dict] = []  # every thread's connections, for close()
         self._pools_lock = threading.Lock()
 
@@ -205,6 +294,9 @@ class Sender:
             conn.close()  # receivers close idle connections (gunicorn after 2 s): never send on a stale one
             conn = None
         conn = conn or self._connect(parts)
+        conn.deadline = started + self.timeout
+        if conn.sock is not None:
+            conn.sock.deadline = conn.deadline  # a kept-alive connection: this attempt's deadline
         try:
             conn.request("POST", target, body=body.encode(), headers=headers)
             response = conn.getresponse()
@@ -223,8 +315,8 @@ class Sender:
 
     def _connect(self, parts) -> http.client.HTTPConnection:
         if parts.scheme == "https":
-            return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=self.timeout, context=self._tls)
-        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
+            return _HTTPSConnection(parts.hostname, parts.port, timeout=self.timeout, context=self._tls)
+        return _HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
 
     def _failed(self, kind: str, error: str, started: float) -> Attempt:
         return Attempt(False, None, kind, error, time.monotonic() - started)
@@ -288,21 +380,27 @@ class Webhooks:
     def add(self, url: str, *, types: list[str] = (), description: str = "", start: str = "now") -> Endpoint:
         """A new endpoint with a fresh secret (returned here, and never shown again). `start`: "now"
         (the events appended from now on), "beginning" (the whole retained log), an event id (from
-        that event, inclusive) or "<ms>" epoch milliseconds (from that time, inclusive)."""
-        url = check_url(url, production=self.settings.production)
+        that event, inclusive) or "<ms>" epoch milliseconds (from that time, inclusive).
+        An InvalidRequest names the argument it is about in details["field"] (url, description, types,
+        start), so a caller can point at it."""
+        with _about("url"):
+            url = check_url(url, production=self.settings.production)
         if len(description) > MAX_DESCRIPTION:
-            raise InvalidRequest(f"the description is longer than {MAX_DESCRIPTION} characters")
+            raise InvalidRequest(f"the description is longer than {MAX_DESCRIPTION} characters", field="description")
+        with _about("types"):
+            checked_types = _check_types(list(types))
         endpoint = Endpoint(
             id=new_endpoint_id(),
             url=url,
             secret=new_secret(),
-            types=_check_types(list(types)),
+            types=checked_types,
             paused=False,
             paused_reason="",
             description=description,
             created_ms=int(time.time() * 1000),
         )
-        cursor = self._start_cursor(start)
+        with _about("start"):
+            cursor = self._start_cursor(start)
         k = self._keys(endpoint.id)
         with self._errors():
             client = self.redis
@@ -331,30 +429,35 @@ class Webhooks:
             cursor[bucket] = predecessor(stream_id) or ""
         return {b: LaneCursor(v, None).pack() if v else "" for b, v in cursor.items()}
 
-    def tails(self) -> dict[str, StreamTail | None]:
+    def tails(self) -> dict[str, LogBounds | None]:
         """XINFO STREAM of every bucket's log, in one round trip (None: a bucket with no log yet)."""
         everyone = buckets()
         with self._errors():
             pipe = self.redis.pipeline(transaction=False)
             for b in everyone:
                 pipe.xinfo_stream(self.keys.events(b))
-            replies = pipe.execute(raise_on_error=False)
-        return {b: StreamTail.from_info(r) for b, r in zip(everyone, replies, strict=True)}
+            replies = pipe.execute(raise_on_error=False)  # a missing stream answers an error: not a failure
+            return {b: LogBounds.from_info(r) for b, r in zip(everyone, replies, strict=True)}  # raises the others
 
-    def endpoints(self) -> list[Endpoint]:
-        """Every endpoint, oldest first."""
+    def endpoints(self, *, with_secret: bool = False) -> list[Endpoint]:
+        """Every endpoint, oldest first; their secrets only `with_secret` (the worker signs), else ""."""
+        names = Endpoint.PUBLIC_FIELDS + (("secret",) if with_secret else ())
         with self._errors():
             ids = sorted(self.redis.smembers(self.keys.webhook_endpoints()))
             pipe = self.redis.pipeline(transaction=False)
             for endpoint_id in ids:
-                pipe.hgetall(self._keys(endpoint_id)["endpoint"])
-            found = [Endpoint.from_hash(i, f) for i, f in zip(ids, pipe.execute(), strict=True)]
+                pipe.hmget(self._keys(endpoint_id)["endpoint"], names)
+            found = [Endpoint.from_values(i, names, v) for i, v in zip(ids, pipe.execute(), strict=True)]
         return sorted((e for e in found if e), key=lambda e: (e.created_ms, e.id))
 
     def endpoint(self, endpoint_id: str) -> Endpoint:
+        """One endpoint, without its secret (secret "")."""
         if is_valid_id(endpoint_id):
+            names = Endpoint.PUBLIC_FIELDS
             with self._errors():
-                found = Endpoint.from_hash(endpoint_id, self.redis.hgetall(self._keys(endpoint_id)["endpoint"]))
+                found = Endpoint.from_values(
+                    endpoint_id, names, self.redis.hmget(self._keys(endpoint_id)["endpoint"], names)
+                )
             if found:
                 return found
         raise NotFound(f"no webhook endpoint {endpoint_id}")
@@ -373,21 +476,16 @@ class Webhooks:
         endpoint = self.endpoint(endpoint_id)
         if endpoint.paused == paused:
             return False
-        with self._errors():
-            self.redis.hset(
-                self._keys(endpoint_id)["endpoint"],
-                mapping={"paused": "1" if paused else "0", "paused_reason": reason if paused else ""},
-            )
+        fields = ["paused", "1" if paused else "0", "paused_reason", reason if paused else ""]
+        with self._errors():  # only if it still exists (webhook_pause.lua): a remove may have come meanwhile
+            done = self.redis.register_script(PAUSE_SCRIPT)(keys=[self._keys(endpoint_id)["endpoint"]], args=fields)
+        if not done:
+            raise NotFound(f"no webhook endpoint {endpoint_id}")
         return True
 
     # -- position, failures, replays --
 
-    def cursors(self, endpoint_id: str) -> dict[str, LaneCursor | None]:
-        with self._errors():
-            flat = self.redis.hgetall(self._keys(endpoint_id)["cursor"])
-        return {b: LaneCursor.parse(flat.get(b)) for b in buckets()}
-
-    def pending(self, endpoints: list[Endpoint], tails: dict[str, StreamTail | None] | None = None) -> dict[str, int]:
+    def pending(self, endpoints: list[Endpoint], tails: dict[str, LogBounds | None] | None = None) -> dict[str, int]:
         """Events each endpoint has still to handle (deliver, filter out or give up), retained in the
         log: exact per lane whose cursor's ordinal is known, else an upper bound (after a replay, until
         the lane reaches the end of its bucket's log)."""
@@ -403,10 +501,16 @@ class Webhooks:
         }
 
     def retrying(self, endpoint_id: str) -> dict[str, LaneRetry]:
-        """The lanes whose head event has failed and waits for its next attempt: bucket -> state."""
+        """The lanes whose head event has failed and waits for its next attempt: bucket -> state
+        (a retry noted against a cursor since moved is stale: left out, as the worker ignores it)."""
+        k = self._keys(endpoint_id)
         with self._errors():
-            flat = self.redis.hgetall(self._keys(endpoint_id)["retry"])
-        return {b: LaneRetry.parse(v) for b, v in sorted(flat.items())}
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(k["retry"])
+            pipe.hgetall(k["cursor"])
+            flat, cursors = pipe.execute()
+        found = {b: LaneRetry.parse(v) for b, v in sorted(flat.items())}
+        return {b: r for b, r in found.items() if r.applies(LaneCursor.parse(cursors.get(b)))}
 
     def dead_letters(self, endpoint_id: str, count: int | None = None) -> list[DeadLetter]:
         """The endpoint's dead letters, newest first (at most `count`)."""
@@ -432,13 +536,19 @@ class Webhooks:
         """Move the endpoint's cursor back (or forward) to `start` (as in `add`): the worker delivers
         from there again, in order. Events delivered before come again with their own webhook-id."""
         self.endpoint(endpoint_id)
-        cursor = self._start_cursor(start)
+        with _about("start"):
+            cursor = self._start_cursor(start)
         k = self._keys(endpoint_id)
         with self._errors():
-            self.redis.delete(k["retry"])
-            # One HSET of all 256 lanes: a worker sees the old cursor or the new one, never a mix, and
-            # its next step on a lane finds the cursor moved (webhook_lane.lua) and reads again.
-            self.redis.hset(k["cursor"], mapping=cursor)
+            # One MULTI (both keys share the endpoint's hash tag: one slot): a lane's step
+            # (webhook_lane.lua) runs wholly before it, and its retry is deleted, or wholly after, and
+            # finds the cursor moved and reads again. As two commands, a retry noted between them
+            # would be for the old head (the worker ignores such a retry too: LaneRetry.applies).
+            # One HSET of all 256 lanes: a worker sees the old cursor or the new one, never a mix.
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.delete(k["retry"])
+            pipe.hset(k["cursor"], mapping=cursor)
+            pipe.execute()
 
     def event(self, event_id: str) -> Event | None:
         """One event of the log by its id, or None (unknown, or trimmed by the retention)."""
@@ -452,9 +562,13 @@ class Webhooks:
 
     def deliver_now(self, endpoint: Endpoint, event: Event) -> Attempt:
         """One attempt, from this process (an operator's replay of a single event): no retry, the
-        worker's cursor untouched."""
+        worker's cursor untouched. The secret is read here, for this signature only."""
+        with self._errors():
+            secret = self.redis.hget(self._keys(endpoint.id)["endpoint"], "secret")
+        if not secret:
+            raise NotFound(f"no webhook endpoint {endpoint.id}")
         body = body_of(event)
-        headers = signed_headers(Webhook(endpoint.secret), event.id, body)
+        headers = signed_headers(Webhook(secret), event.id, body)
         sender = Sender(self.settings.webhook_timeout_seconds)
         try:
             return sender.post(endpoint.url, body, headers)

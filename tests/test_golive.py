@@ -28,13 +28,14 @@ import fakeredis
 import pytest
 import redis
 
-from giftcard_provider import create_app
+from giftcard_provider import create_app, golive
 from giftcard_provider.cli_golive import store_deactivator
 from giftcard_provider.config import Settings
 from giftcard_provider.keys import Keys
 from giftcard_provider.verify import verify_all
 
 from .conftest import APP_KEY, APP_TOKEN, make_settings
+from .hub import Hub
 from .redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,21 @@ ALL_CHECKS = {
     "unknown-headers", "load", "debit-hold", "settlement-sums", "equal-partial-refunds", "cancellation-sums",
     "replayed-request-id", "zero-balance", "deactivated", "latency-get-card", "latency-all",
 }  # fmt: skip
+
+
+# The GET-card budget (1.5 s) is what this check measures, not what these tests are about: a loaded
+# test machine could miss it on any run. Every test gets RELAXED_BUDGET, but the one about latency.
+RELAXED_BUDGET = 10.0
+# `flask` as `heroku run` runs it, with the relaxed budget (the check runs in that process).
+RELAXED_FLASK = [
+    sys.executable, "-c",
+    f"import giftcard_provider.golive as g; g.GET_CARD_BUDGET = {RELAXED_BUDGET}; from flask.cli import main; main()",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def relaxed_budget(monkeypatch):
+    monkeypatch.setattr(golive, "GET_CARD_BUDGET", RELAXED_BUDGET)
 
 
 def procfile() -> dict[str, list[str]]:
@@ -112,7 +128,7 @@ def statuses(document: dict) -> dict[str, str]:
 
 
 def test_every_check_passes_against_the_service_started_the_heroku_way(heroku):
-    command = ["flask", "--app", "wsgi", "cards", "golive", "--url", heroku["url"], "--json"]  # as `heroku run`
+    command = [*RELAXED_FLASK, "--app", "wsgi", "cards", "golive", "--url", heroku["url"], "--json"]  # `heroku run`
     result = subprocess.run(command, cwd=ROOT, env=heroku["env"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
@@ -296,7 +312,7 @@ def slow_first_get_card(app):
         path = environ["PATH_INFO"].strip("/").split("/")
         if environ["REQUEST_METHOD"] == "GET" and len(path) == 2 and path[0] == "giftcards" and not slept:
             slept.append(True)
-            time.sleep(1.6)  # checkout gives up after 1.5 s
+            time.sleep(golive.GET_CARD_BUDGET + 0.5)  # past the budget the test set
         return app(environ, start_response)
 
     return broken
@@ -320,6 +336,8 @@ def slow_first_get_card(app):
 def test_a_broken_provider_fails_the_check_its_defect_breaks(serve, defect, fails, monkeypatch):
     monkeypatch.delenv("PROVIDER_API_APP_KEY", raising=False)  # the command's app's own pair is the fallback
     monkeypatch.delenv("PROVIDER_API_APP_TOKEN", raising=False)
+    if defect is slow_first_get_card:
+        monkeypatch.setattr(golive, "GET_CARD_BUDGET", 1.0)  # every other GET card answers far within it
     url = serve(defect(provider().wsgi_app))
     operator = provider()  # not the provider's store: the card cannot be deactivated from here
     result = operator.test_cli_runner().invoke(args=["cards", "golive", "--url", url, "--json"])
@@ -424,10 +442,29 @@ def test_a_service_url_with_a_path_is_called_below_it(serve):
 def test_an_unreachable_store_leaves_the_deactivation_to_the_operator():
     settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     store = create_app(settings).extensions["giftcard_provider"]["store"]
-    status, reason = store_deactivator(store)("0123456789abcdef0123456789abcdef")
+    status, reason = store_deactivator(store)("0123456789abcdef0123456789abcdef", "golive-0-relation")
     assert status == "todo"
     assert reason.startswith("card 0123456789abcdef0123456789abcdef is still active: this command could not reach")
     assert "flask cards deactivate 0123456789abcdef0123456789abcdef --reason" in reason
+
+
+def test_only_the_runs_own_test_card_is_deactivated():
+    """The card id comes from the deployment's answer: a card of this store that is not the run's
+    test card (another owner, or another run's relation name) is never deactivated."""
+    app = provider()
+    store = app.extensions["giftcard_provider"]["store"]
+    hub = Hub(app.test_client(), {"X-PROVIDER-API-AppKey": APP_KEY, "X-PROVIDER-API-AppToken": APP_TOKEN})
+    shopper = hub.create_card(profileId="shopper@example.com", relationName="golive-1-relation")["id"]
+    other_run = hub.create_card(profileId=golive.PROFILE, relationName="golive-2-relation")["id"]
+    ours = hub.create_card(profileId=golive.PROFILE, relationName="golive-1-relation")["id"]
+    deactivate = store_deactivator(store)
+    for card_id, owner in ((shopper, "shopper@example.com"), (other_run, golive.PROFILE)):
+        status, reason = deactivate(card_id, "golive-1-relation")
+        assert status == "fail" and "not this run's test card" in reason and "left untouched" in reason
+        assert f"owner {owner!r}" in reason
+        assert store.card(card_id).status == "active"
+    status, reason = deactivate(ours, "golive-1-relation")
+    assert status == "pass" and store.card(ours).status == "inactive", reason
 
 
 def test_credentials_the_deployment_refuses_are_named_as_the_cause(serve):

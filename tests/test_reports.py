@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import stat
 import threading
 import time
 from decimal import Decimal
@@ -373,6 +374,27 @@ def test_csv_and_json_have_the_same_rows_and_a_file_is_written_whole(app, hub, s
     assert empty.exit_code == 0 and empty.stdout.splitlines() == [
         "cardId,profileId,relationName,currency,balance,balanceMinor,expiringDate,daysLeft"
     ]
+
+
+def test_an_output_file_that_cannot_be_written_is_refused_before_the_report_runs(app, hub, tmp_path):
+    hub.funded_card(Decimal("5"), currencyCode="BRL")
+    missing = tmp_path / "no-such-dir" / "activity.csv"
+    result = report(app, "activity", "--format", "csv", "--output", str(missing))
+    assert result.exit_code == 2, result.output
+    assert "--output" in result.output and "cannot write a file in" in result.output
+    assert "No such file or directory" in result.output and "Traceback" not in result.output
+    assert "reading the event log" not in result.stderr  # refused before the walk began
+    assert not missing.parent.exists()
+
+    # A new file is its owner's only (the expiring report names owners); a file that exists keeps
+    # the mode its operator gave it.
+    path = tmp_path / "liability.json"
+    assert report(app, "liability", "--format", "json", "--output", str(path)).exit_code == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.chmod(0o640)
+    assert report(app, "liability", "--format", "json", "--output", str(path)).exit_code == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640 and json.loads(path.read_text())["report"] == "liability"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["liability.json"]  # no temporary file left
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,15 @@
 --   delivered  the cursor moves to ARGV[5]; ARGV[6] the event's time (ms, Redis clock); ARGV[7] the
 --              latency histogram's bounds in ms, comma-separated, ascending: "lat:<i>" counts the
 --              latencies up to bound i (1-based), "lat:<#bounds + 1>" the rest; "lat_sum_ms" their sum
---   skipped    the cursor moves to ARGV[5] (events the endpoint's filter leaves out)
+--   skipped    the cursor moves to ARGV[5] (events the endpoint's filter leaves out); ARGV[6], if
+--              given: events the retention trimmed before this lane handled them, passed over now
+--              (counted in "trimmed")
 --   dead       the cursor moves to ARGV[5]; ARGV[6] the last attempt's failure kind; ARGV[7..] the dead
 --              letter's fields (field, value, ...), appended to the dead-letter stream
 --   retry      the cursor stays; ARGV[5] "<stream id>|<attempts>"; ARGV[6] the failure kind; ARGV[7]
---              delay before the next attempt (ms); ARGV[8] the error
+--              delay before the next attempt (ms); ARGV[8] the error. Noted as
+--              "<stream id>|<attempts>|<next attempt ms>|<cursor's stream id>|<error>": the retry holds
+--              only while the cursor stays there (a replay moves it: the retry is then stale)
 -- Returns {"ok", now ms} | {"lost"} (the lease lapsed or is another worker's: the lane is not ours)
 --       | {"moved"} (the cursor is no longer ARGV[3])
 local t = redis.call('TIME')
@@ -34,7 +38,8 @@ end
 if (redis.call('HGET', KEYS[1], bucket) or '') ~= expected then return {'moved'} end
 
 if outcome == 'retry' then
-  redis.call('HSET', KEYS[3], bucket, ARGV[5] .. '|' .. tostring(now + tonumber(ARGV[7])) .. '|' .. ARGV[8])
+  local after = string.match(expected, '^[^|]*')
+  redis.call('HSET', KEYS[3], bucket, ARGV[5] .. '|' .. tostring(now + tonumber(ARGV[7])) .. '|' .. after .. '|' .. ARGV[8])
   redis.call('HINCRBY', KEYS[4], 'fail:' .. ARGV[6], 1)
   return {'ok', tostring(now)}
 end
@@ -52,6 +57,8 @@ if outcome == 'delivered' then
   redis.call('HINCRBY', KEYS[4], 'delivered', 1)
   redis.call('HINCRBY', KEYS[4], 'lat:' .. index, 1)
   redis.call('HINCRBY', KEYS[4], 'lat_sum_ms', latency)
+elseif outcome == 'skipped' and ARGV[6] then
+  redis.call('HINCRBY', KEYS[4], 'trimmed', tonumber(ARGV[6]))
 elseif outcome == 'dead' then
   local fields = {}
   for i = 7, #ARGV do table.insert(fields, ARGV[i]) end
