@@ -147,13 +147,17 @@ class Traced:
             _control("--zero", pid)
             for _ in range(measured):
                 self._call(connection, next(cycle))
-            before = set(self.dir.glob(f"callgrind.out.{pid}*"))
+            before = self._dumps(pid)
             _control("--dump", pid)
-            (dump,) = set(self.dir.glob(f"callgrind.out.{pid}*")) - before
+            (dump,) = self._dumps(pid) - before
         finally:
             connection.close()
         totals = re.search(r"^(?:summary|totals): (\d+)", dump.read_text(), re.M)
         return int(totals[1]) / measured
+
+    def _dumps(self, pid: int) -> set[Path]:
+        """The worker's dump files: callgrind.out.<pid>.<n> (not another pid that starts with the same digits)."""
+        return {p for p in self.dir.iterdir() if re.fullmatch(rf"callgrind\.out\.{pid}\.\d+", p.name)}
 
     def _call(self, connection: http.client.HTTPConnection, request) -> None:
         body = request.body.replace("{rid}", f"i{next(self.rid)}-{time.time_ns()}")

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import stat
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -299,9 +300,22 @@ class LedgerWriter:
         self.calls = store.calls
         self._validity_ms = str(store.settings.card_validity_days * 86_400_000)
         self._hold_ms = str(round(store.settings.hold_lifetime_seconds * 1000))
+        self._library_ready = False
+        self._library_lock = threading.Lock()
+
+    def _ensure_library(self) -> None:
+        """This release's library on every primary before the first pipeline. Chunks run on threads
+        (in_order), and a pipeline that meets a missing library is loaded and run again whole: had one
+        chunk's load landed while another chunk's pipeline was half done, the rerun would find that
+        chunk's first cards already made and report them as made by an earlier run."""
+        with self._library_lock:
+            if not self._library_ready:
+                self.store.ping()  # loads the library where a primary lacks it, as any ledger call does
+                self._library_ready = True
 
     def _fcalls(self, name: str, calls: list[tuple[list[str], list[str]]], extra=None) -> list:
         """One pipeline of FCALLs of `name` (loading the library if Redis lacks it), then extra(pipe)."""
+        self._ensure_library()
         function = self.calls.library.function(name)
 
         def build(pipe):
