@@ -12,7 +12,7 @@ seeded through LedgerStore. For each scenario it sends a few warm-up requests, z
 counters (callgrind_control --zero), sends --requests requests over one keep-alive connection,
 dumps the counters (callgrind_control --dump) and divides: the worker's instructions per request,
 HTTP parsing, the app and the Redis client included (redis-server runs outside valgrind). The
-requests are bench.http_load's, the Hub's shapes.
+requests are bench.http_load's, the Hub's shapes, and the default transactions page (1,000 refs).
 
 Instructions are not time (a cache miss costs more than an add), but for the same interpreter and
 libraries the ratio endpoint / baseline tracks the CPU-time ratio closely, and it repeats to the
@@ -33,11 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import AUTH, BENCH, ROOT, RedisServer, app_env, free_port, ledger_for, say, seed_cards, table
+from .common import AUTH, BENCH, ROOT, RedisServer, Request, app_env, free_port, ledger_for, say, seed_cards, table
 from .http_load import requests_for
 
 BASELINE = "baseline (PING)"
-SCENARIOS = ("Debit", "GET card", "search by code", "settlement")
+SCENARIOS = ("Debit", "GET card", "search by code", "settlement", "transactions page")
 
 
 def main() -> None:
@@ -60,9 +60,12 @@ def main() -> None:
         cards = seed_cards(store, 100, debits_each=2)
         hot = seed_cards(store, 1)[0]
         scenarios = requests_for(cards, hot)
+        if "transactions page" in wanted:  # the default page when the Hub sends no REST-Range: 1,000 refs
+            (busy,) = seed_cards(store, 1, debits_each=1000, debit="1")
+            scenarios["transactions page"] = [Request("GET", f"/giftcards/{busy.id}/transactions")]
         counts = {}
         with Traced("bench.baseline_app:app", server.url, "/ping") as baseline:
-            counts[BASELINE] = baseline.per_request([_ping()], args.warmup, args.requests)
+            counts[BASELINE] = baseline.per_request([Request("GET", "/ping")], args.warmup, args.requests)
         with Traced("wsgi:app", server.url, "/health") as app:
             for name in wanted:
                 counts[name] = app.per_request(scenarios[name], args.warmup, args.requests)
@@ -70,12 +73,6 @@ def main() -> None:
     say(f"## Instructions per request under gunicorn (1 sync worker, valgrind), {args.requests} requests each")
     rows = [[name, f"{n:,.0f}", f"{n / base:.2f}x"] for name, n in counts.items()]
     say(table(["scenario", "instructions/request", "vs baseline"], rows))
-
-
-def _ping():
-    from .common import Request
-
-    return Request("GET", "/ping")
 
 
 class Traced:
