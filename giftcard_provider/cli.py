@@ -338,6 +338,17 @@ _OPTION_OF_FIELD = {
 }
 
 
+def checked_card_terms(payload: dict, emission: str | None, expiring: str | None) -> dict:
+    """A card's terms as an operator gave them, checked by the schema POST /giftcards uses (one set of
+    rules for the API and the CLI); a refusal names the options, not the payload's fields."""
+    payload = {**payload, **{k: v for k, v in (("emissionDate", emission), ("expiringDate", expiring)) if v}}
+    try:
+        return CreateCardRequestSchema().load(payload)
+    except ValidationError as exc:
+        problems = (f"{_OPTION_OF_FIELD.get(k, k)}: {' '.join(map(str, v))}" for k, v in exc.messages.items())
+        raise click.UsageError("; ".join(problems)) from None
+
+
 @cards.command("issue")
 @click.option("--relation-name", required=True, help="The program the card belongs to (VTEX's relationName).")
 @click.option("--caption", default="", help="The text shoppers see for the card.")
@@ -400,12 +411,7 @@ def issue(
         "multipleCredits": multiple_credits,
         "currencyCode": currency or settings.default_currency,
     }
-    payload.update({k: v for k, v in (("emissionDate", emission), ("expiringDate", expiring)) if v})
-    try:
-        body = CreateCardRequestSchema().load(payload)
-    except ValidationError as exc:
-        problems = (f"{_OPTION_OF_FIELD.get(k, k)}: {' '.join(map(str, v))}" for k, v in exc.messages.items())
-        raise click.UsageError("; ".join(problems)) from None
+    body = checked_card_terms(payload, emission, expiring)
     currency = body["currencyCode"].upper()
     emission_ms = epoch_ms(body["emissionDate"]) if "emissionDate" in body else None
     expiring_ms = epoch_ms(body["expiringDate"]) if "expiringDate" in body else None

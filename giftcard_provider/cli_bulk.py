@@ -13,17 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-from marshmallow import ValidationError
 
 from schemas.common import epoch_ms, iso_ms
-from schemas.giftcards import CreateCardRequestSchema
 
 from . import bulk_load
 from .bulk import Problem, owner_only
 from .bulk_import import GUESS_RATE, Defaults, Importer, guessing_time
 from .bulk_issue import BatchIssuer, batches
 from .cli import (
-    _OPTION_OF_FIELD,
     AMOUNT,
     CURRENCY,
     _checked_minor,
@@ -31,6 +28,7 @@ from .cli import (
     _settings,
     _store,
     cards,
+    checked_card_terms,
     json_option,
     major,
 )
@@ -122,12 +120,7 @@ def issue_batch(
         "profileId": profile_id,
         "currencyCode": currency or settings.default_currency,
     }
-    payload.update({k: v for k, v in (("emissionDate", emission), ("expiringDate", expiring)) if v})
-    try:
-        body = CreateCardRequestSchema().load(payload)
-    except ValidationError as exc:
-        problems = (f"{_OPTION_OF_FIELD.get(k, k)}: {' '.join(map(str, v))}" for k, v in exc.messages.items())
-        raise click.UsageError("; ".join(problems)) from None
+    body = checked_card_terms(payload, emission, expiring)
     currency = body["currencyCode"].upper()
     load_minor = 0
     if load_amount is not None:
