@@ -121,7 +121,7 @@ def _code_entries(client, keys: Keys) -> dict[str, str]:
     """Every code index entry (digest -> card id), from every code shard that exists: a moved card's
     entry may live in a bucket that holds no card, and a stray entry anywhere must be found."""
     entries: dict[str, str] = {}
-    shards = _existing(client, [key for bucket in buckets() for key in keys.code_indexes(bucket)])
+    shards = _existing(client, [keys.code_indexes(bucket) for bucket in buckets()])  # a bucket's share a slot
     for start in range(0, len(shards), 256):
         pipe = client.pipeline(transaction=False)
         for key in shards[start : start + 256]:
@@ -330,7 +330,8 @@ def _verify_books(client, keys: Keys, library: Library, bucket: str) -> list[str
 def _dangling_owner_entries(client, keys: Keys) -> list[str]:
     """Owner index entries that name a card which does not exist, or has another owner."""
     problems = []
-    shards = _existing(client, keys.owner_indexes())
+    names = keys.owner_indexes()  # each in a slot of its own: grouped only where there are no slots
+    shards = _existing(client, [[n] for n in names] if is_cluster(client) else _chunks(names, 64))
     for start in range(0, len(shards), 256):
         pipe = client.pipeline(transaction=False)
         for key in shards[start : start + 256]:
@@ -348,17 +349,19 @@ def _dangling_owner_entries(client, keys: Keys) -> list[str]:
     return problems
 
 
-def _existing(client, names: list[str], group: int = 64) -> list[str]:
-    """The keys among `names` that exist. On one server, a multi-key EXISTS per group of 64 first,
-    so that a small store skips most shards; on a cluster, where a group's keys may live in
-    different slots, one EXISTS per key."""
-    if not is_cluster(client):
-        groups = [names[i : i + group] for i in range(0, len(names), group)]
-        pipe = client.pipeline(transaction=False)
-        for members in groups:
-            pipe.exists(*members)
-        names = [name for members, n in zip(groups, pipe.execute(), strict=True) if n for name in members]
+def _existing(client, groups: list[list[str]]) -> list[str]:
+    """The keys that exist among `groups`, each a list of keys that one node serves (one hash slot on
+    a cluster): a multi-key EXISTS per group first, so that a small store skips most groups (16,384
+    code shards cost 256 commands, not 16,384), then one EXISTS per key of the groups that hold any."""
+    pipe = client.pipeline(transaction=False)
+    for members in groups:
+        pipe.exists(*members)
+    names = [name for members, n in zip(groups, pipe.execute(), strict=True) if n for name in members]
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.exists(name)
     return [name for name, n in zip(names, pipe.execute(), strict=True) if n]
+
+
+def _chunks(names: list[str], size: int) -> list[list[str]]:
+    return [names[i : i + size] for i in range(0, len(names), size)]
