@@ -35,14 +35,15 @@ def free_cluster_port() -> int:
 class RedisServer:
     """Start, stop and restart one redis-server process (AOF optional)."""
 
-    def __init__(self, *extra_args: str, appendonly: bool = False, port: int | None = None):
+    def __init__(self, *extra_args: str, appendonly: bool = False, port: int | None = None, choose_port=free_port):
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
-        self.port = port or free_port()
+        # A port chosen here may be taken before redis-server binds it (tests run in parallel
+        # workers): start() then picks another, unless the caller named this one.
+        self._choose_port = None if port else choose_port
+        self.port = port or choose_port()
         self.dir = Path(tempfile.mkdtemp(prefix="gc-redis-"))
-        self.args = [
-            "redis-server",
-            "--port", str(self.port),
+        self.extra_args = [
             "--bind", "127.0.0.1",
             "--dir", str(self.dir),
             "--save", "",
@@ -53,23 +54,41 @@ class RedisServer:
         self.process: subprocess.Popen | None = None
 
     @property
+    def args(self) -> list[str]:
+        return ["redis-server", "--port", str(self.port), *self.extra_args]
+
+    @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        may_move = self._choose_port is not None and self.process is None  # a restart keeps its port
+        for _ in range(5):
+            self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if self._answers_as_ours():
+                return self
+            self.stop(kill=True)
+            if not may_move:
+                break
+            self.port = self._choose_port()
+        raise RuntimeError(f"redis-server could not start on port {self.port} (taken?)")
+
+    def _answers_as_ours(self) -> bool:
+        """Wait until this process answers on the port; False if it exited (the port was taken by
+        another process, perhaps another test worker's server, which must never be mistaken for it)."""
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
-        while True:
-            try:
-                if client.ping():
-                    return self
-            except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-            finally:
-                client.close()
+        try:
+            while self.process.poll() is None:
+                try:
+                    return int(client.info("server")["process_id"]) == self.process.pid
+                except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+            return False
+        finally:
+            client.close()
 
     def stop(self, kill: bool = False) -> None:
         if self.process and self.process.poll() is None:
@@ -95,7 +114,7 @@ class LocalCluster:
         self.replicas = replicas
         options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         options += ["--cluster-node-timeout", str(node_timeout_ms)]
-        self.nodes = [RedisServer(*options, port=free_cluster_port()) for _ in range(primaries * (1 + replicas))]
+        self.nodes = [RedisServer(*options, choose_port=free_cluster_port) for _ in range(primaries * (1 + replicas))]
 
     @property
     def url(self) -> str:
