@@ -87,7 +87,12 @@ def loads(data: str | bytes):
 
 
 class DecimalJSONProvider(JSONProvider):
+    # One encoder for every answer: simplejson.dumps with options builds a new one per call.
+    _encoder = simplejson.JSONEncoder(separators=(",", ":"), use_decimal=True)
+
     def dumps(self, obj, **kwargs) -> str:
+        if not kwargs:
+            return self._encoder.encode(obj)
         kwargs.setdefault("separators", (",", ":"))
         return simplejson.dumps(obj, use_decimal=True, **kwargs)
 

@@ -27,10 +27,10 @@ import hmac
 import json
 import logging
 import os
+import random
 import re
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
@@ -137,6 +137,19 @@ _DONE = {"debit": "authorized", "credit": "authorized", "settlement": "settled",
 _REPLY_OUTCOMES = {"replay": "replayed", "conflict": "conflict", "not_found": "not_found"}
 
 
+# The child of each metric and label values seen: labels() validates and locks on every call, and
+# these hooks run on every request. The label values are bounded (see OTHER), so is this.
+_children: dict[tuple, object] = {}
+
+
+def _child(metric, *labels):
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
 def _hook_failed(hook: str) -> None:
     """A logging or metrics hook raised: say so loudly, and go on (see the module docstring)."""
     with contextlib.suppress(Exception):  # the counter is best effort: it must not raise in turn
@@ -160,18 +173,18 @@ def _count_ledger_reply(function: str, args: list, reply: list) -> None:
     status = _text(reply[0])
     if operation == "expiry":
         if status == "ok" and int(reply[1]):
-            LEDGER_OUTCOMES.labels(operation, "expired", "").inc(int(reply[1]))
+            _child(LEDGER_OUTCOMES, operation, "expired", "").inc(int(reply[1]))
         return
     if status == "ok":
-        LEDGER_OUTCOMES.labels(operation, _DONE.get(operation, OTHER), "").inc()
+        _child(LEDGER_OUTCOMES, operation, _DONE.get(operation, OTHER), "").inc()
     elif status == "conflict":
-        LEDGER_OUTCOMES.labels(operation, "conflict", _bounded(_text(reply[1]), _CONFLICT_FIELDS)).inc()
+        _child(LEDGER_OUTCOMES, operation, "conflict", _bounded(_text(reply[1]), _CONFLICT_FIELDS)).inc()
     elif status in _REPLY_OUTCOMES:
-        LEDGER_OUTCOMES.labels(operation, _REPLY_OUTCOMES[status], "").inc()
+        _child(LEDGER_OUTCOMES, operation, _REPLY_OUTCOMES[status], "").inc()
     elif status.startswith("invalid"):
-        LEDGER_OUTCOMES.labels(operation, "invalid", _bounded(status, _INVALID_REASONS)).inc()
+        _child(LEDGER_OUTCOMES, operation, "invalid", _bounded(status, _INVALID_REASONS)).inc()
     else:
-        LEDGER_OUTCOMES.labels(operation, "refused", _bounded(status, _REFUSAL_REASONS)).inc()
+        _child(LEDGER_OUTCOMES, operation, "refused", _bounded(status, _REFUSAL_REASONS)).inc()
 
 
 def redis_error(component: str, exc: BaseException) -> None:
@@ -260,9 +273,13 @@ def metrics():
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, message, then the record's `fields`."""
 
+    # One encoder for every line: json.dumps with options builds a new one per call.
+    _encoder = json.JSONEncoder(default=str, separators=(",", ":"))
+    _second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": self._timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -270,7 +287,17 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, separators=(",", ":"))
+        return self._encoder.encode(entry)
+
+    def _timestamp(self, created: float) -> str:
+        """ISO 8601 UTC with milliseconds, "2026-11-27T20:57:20.696Z"; a second's text is made once."""
+        milliseconds = int(created * 1000)
+        second, text = self._second
+        if milliseconds // 1000 != second:
+            second = milliseconds // 1000
+            text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = (second, text)
+        return f"{text}.{milliseconds % 1000:03d}Z"
 
 
 class StdoutHandler(logging.StreamHandler):
@@ -299,7 +326,9 @@ def configure_logging(level: str) -> None:
 
 def _request_id(req) -> str:
     given = req.headers.get(REQUEST_ID_HEADER, "")
-    return given if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    # A new id needs to be unique, not secret: 128 bits of the random module (reseeded in every forked
+    # worker) cost a fraction of uuid4's read of os.urandom.
+    return given if _SANE_REQUEST_ID.fullmatch(given) else f"{random.getrandbits(128):032x}"
 
 
 def _start_request() -> None:
@@ -307,17 +336,8 @@ def _start_request() -> None:
     g.request_id = _request_id(request)
 
 
-# The metric children of each (method, route, status) seen: labels() validates and locks on every
-# call, and these hooks run on every request. The label values are bounded (see OTHER), so is this.
-_http_children: dict[tuple, tuple] = {}
-
-
 def _http_metrics(method: str, route: str, status: int):
-    key = (method, route, status)
-    children = _http_children.get(key)
-    if children is None:
-        children = _http_children[key] = (HTTP_REQUESTS.labels(*key), HTTP_LATENCY.labels(*key))
-    return children
+    return _child(HTTP_REQUESTS, method, route, status), _child(HTTP_LATENCY, method, route, status)
 
 
 def _finish_request(response: Response) -> Response:

@@ -324,7 +324,7 @@ def test_a_failing_metric_or_log_line_never_turns_a_committed_write_into_an_erro
     capsys.readouterr()
     with monkeypatch.context() as patched:
         patched.setattr(target, name, _explode)
-        patched.setattr(observability, "_http_children", {})  # series already seen skip labels()
+        patched.setattr(observability, "_children", {})  # series already seen skip labels()
         debit = hub.transaction(card["id"], "Debit", Decimal("4"), rid="committed-debit")
         credit = hub.transaction(card["id"], "Credit", Decimal("1"), rid="committed-credit")
     assert (debit.status_code, credit.status_code) == (200, 200)
