@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from decimal import Decimal
 
+import fakeredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from giftcard_provider import create_app
+from giftcard_provider.blueprints.transactions import refs_json, transaction_ref
+
+from .conftest import make_settings
 from .hub import body, request_id
 from .ledger_edit import edit_card, raw_transaction, write_raw_transaction
 from .snapshot import assert_rejected, unchanged
@@ -595,3 +604,20 @@ def test_settling_a_transaction_whose_card_is_gone_is_not_found(hub, store):
         path = f"/giftcards/{card['id']}/transactions/{tx}/{kind}"
         assert_rejected(store.redis, lambda p=path: hub.post(p, {"value": 1, "requestId": "r-gone"}), 404, "not_found")
     store.redis.hset(store.keys.card(card["id"]), mapping=saved)  # back, for verify
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    card_id=st.text(max_size=40),
+    tx_ids=st.lists(st.text(max_size=40), max_size=5),
+    prefix=st.sampled_from(["", "acme/giftcardproviders/test-provider", 'we"ird\\/é']),
+)
+def test_a_page_of_refs_is_the_json_of_the_refs(card_id, tx_ids, prefix):
+    # The page is written as text (refs_json): it must be exactly what the encoder makes of the refs,
+    # whatever the ids hold (quotes, backslashes, control characters, non-ASCII) and the href prefix.
+    app = create_app(make_settings(href_prefix=prefix), redis_client=fakeredis.FakeRedis(decode_responses=True))
+    with app.app_context():
+        written = refs_json(card_id, tx_ids)
+        expected = [transaction_ref(card_id, tx_id) for tx_id in tx_ids]
+    assert json.loads(written) == expected
+    assert written == json.dumps(expected, separators=(",", ":"))

@@ -15,8 +15,9 @@ _RANGE = re.compile(r"^\s*\w*\s*=?\s*([0-9]{1,15})\s*-\s*([0-9]{1,15})\s*$")
 MAX_PAGE = 1000
 
 
-def answer(body: dict | list, headers: dict[str, str] | None = None) -> Response:
-    """A 200 with `body` already in its final JSON form (dates as ISO 8601 strings, amounts exact).
+def answer(body: dict | list | str, headers: dict[str, str] | None = None) -> Response:
+    """A 200 with `body` already in its final JSON form (dates as ISO 8601 strings, amounts exact), or
+    already JSON text.
 
     The views' @blp.response schemas document these bodies in the OpenAPI document, but a Response
     passes through flask-smorest without a marshmallow dump: dumping a document the view has just
@@ -24,7 +25,11 @@ def answer(body: dict | list, headers: dict[str, str] | None = None) -> Response
     checks that every answer has exactly the fields its schema documents, and tests/test_contract.py
     checks every answer against VTEX's spec.
     """
-    response = current_app.json.response(body)
+    app = current_app._get_current_object()
+    if isinstance(body, str):
+        response = app.response_class(body, mimetype="application/json")
+    else:
+        response = app.json.response(body)
     if headers:
         response.headers.update(headers)
     return response
