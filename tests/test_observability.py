@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,6 +86,33 @@ def test_one_json_line_per_request_with_route_ids_and_vtex_headers(hub, capsys):
     assert get["route"] == TRANSACTIONS + "/<transactionId>"
     assert (get["card_id"], get["transaction_id"]) == (card["id"], tx_id)
     assert "vtex_operation_id" not in get and "traceparent" not in get
+
+
+def test_the_request_line_is_the_same_written_directly_or_through_logging(hub, capsys, monkeypatch):
+    # As configure_logging leaves it (our stdout handler alone, as under gunicorn), the request line is
+    # written directly; with any other handler or a filter on the way it goes through logging. pytest
+    # adds its own capture handler to the root logger, so the direct way is taken only without it.
+    card = hub.funded_card(Decimal("10"))
+    capsys.readouterr()
+    sent = {"X-Request-Id": "same-request-id-1", "traceparent": "00-abc-def-01", "x-vtex-operation-id": "op-1"}
+    with monkeypatch.context() as patched:
+        patched.setattr(logging.getLogger(), "handlers", [])
+        assert observability._sole_handler(logging.INFO) is not None
+        hub.get(f"/giftcards/{card['id']}", headers=sent)
+        hub.get("/giftcards/nope", headers=sent)
+    direct = request_lines(capsys.readouterr().out)
+    assert observability._sole_handler(logging.INFO) is None  # pytest's handler is back on the root
+    hub.get(f"/giftcards/{card['id']}", headers=sent)
+    hub.get("/giftcards/nope", headers=sent)
+    logged = request_lines(capsys.readouterr().out)
+
+    def comparable(line):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line.pop("ts"))
+        assert isinstance(line.pop("duration_ms"), float)
+        return line
+
+    assert len(direct) == 2 and [comparable(x) for x in direct] == [comparable(x) for x in logged]
+    assert direct[1]["error"] == "not_found" and direct[0]["card_id"] == card["id"]
 
 
 def test_errors_are_logged_with_their_code(hub, client, capsys):
