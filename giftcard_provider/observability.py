@@ -275,7 +275,7 @@ class JsonFormatter(logging.Formatter):
 
     # One encoder for every line: json.dumps with options builds a new one per call.
     _encoder = json.JSONEncoder(default=str, separators=(",", ":"))
-    _second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+    _second: tuple[int | None, str] = (None, "")  # the last whole second formatted, and its text
 
     def format(self, record: logging.LogRecord) -> str:
         exception = self.formatException(record.exc_info) if record.exc_info else None

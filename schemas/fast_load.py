@@ -81,7 +81,7 @@ def _field_loader(field: fields.Field) -> Loader | None:
             return UNDECIDED
         try:
             for validator in validators:
-                if validator(loaded) is False:  # marshmallow refuses a validator's False too
+                if validator(loaded) is False:  # marshmallow's to judge (4.x accepts it; 3.x refused)
                     return UNDECIDED
         except ValidationError:
             return UNDECIDED

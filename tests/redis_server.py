@@ -76,16 +76,18 @@ class RedisServer:
     def _answers_as_ours(self) -> bool:
         """Wait until this process answers on the port; False if it exited (the port was taken by
         another process, perhaps another test worker's server, which must never be mistaken for it)."""
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=2)
         deadline = time.monotonic() + 10
         try:
             while self.process.poll() is None:
                 try:
                     return int(client.info("server")["process_id"]) == self.process.pid
-                except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
+                except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError):
                     if time.monotonic() > deadline:
-                        raise
+                        return False  # start() stops it, and may try another port
                     time.sleep(0.02)
+                except (redis.ResponseError, redis.exceptions.InvalidResponse):
+                    return False  # something that is not this redis-server answers there
             return False
         finally:
             client.close()
