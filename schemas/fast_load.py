@@ -34,6 +34,8 @@ def plan_for(schema: Schema) -> Loader | None:
     """The compiled load of `schema` (None: marshmallow must load every body of it)."""
     if schema.many or schema.partial or schema.unknown != EXCLUDE or any(schema._hooks.values()):
         return None
+    if schema.dict_class is not dict:  # the plan answers plain dicts
+        return None
     steps = []
     for attr_name, field in schema.load_fields.items():
         output_key = field.attribute or attr_name
@@ -116,7 +118,7 @@ def _converter(field: fields.Field) -> Loader | None:
             return UNDECIDED if any(item is UNDECIDED for item in loaded) else loaded
 
         return each
-    if getattr(kind, "fast_load", False):  # a project field whose _deserialize is its whole load
+    if kind.__dict__.get("fast_load"):  # a field class whose _deserialize is its whole load (not inherited)
         return _own_deserialize(field)
     return None
 
