@@ -352,15 +352,17 @@ def _dangling_owner_entries(client, keys: Keys) -> list[str]:
 def _existing(client, groups: list[list[str]]) -> list[str]:
     """The keys that exist among `groups`, each a list of keys that one node serves (one hash slot on
     a cluster): a multi-key EXISTS per group first, so that a small store skips most groups (16,384
-    code shards cost 256 commands, not 16,384), then one EXISTS per key of the groups that hold any."""
+    code shards cost 256 commands, not 16,384), then one EXISTS per key of the larger groups that hold any."""
     pipe = client.pipeline(transaction=False)
     for members in groups:
         pipe.exists(*members)
-    names = [name for members, n in zip(groups, pipe.execute(), strict=True) if n for name in members]
+    counted = [(members, n) for members, n in zip(groups, pipe.execute(), strict=True) if n]
+    found = [members[0] for members, _ in counted if len(members) == 1]  # a group of one is answered
+    names = [name for members, _ in counted if len(members) > 1 for name in members]
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.exists(name)
-    return [name for name, n in zip(names, pipe.execute(), strict=True) if n]
+    return found + [name for name, n in zip(names, pipe.execute(), strict=True) if n]
 
 
 def _chunks(names: list[str], size: int) -> list[list[str]]:
