@@ -338,6 +338,14 @@ _OPTION_OF_FIELD = {
 }
 
 
+def checked_load(amount: Amount, currency: str) -> int:
+    """A card's initial --load in minor units: exact for the currency and within MAX_CARD_BALANCE."""
+    minor = _checked_minor(amount, currency, "'--load'")
+    if minor > _store().balance_limit(currency):
+        raise click.BadParameter(f"above MAX_CARD_BALANCE ({_settings().max_card_balance})", param_hint="'--load'")
+    return minor
+
+
 def checked_card_terms(payload: dict, emission: str | None, expiring: str | None) -> dict:
     """A card's terms as an operator gave them, checked by the schema POST /giftcards uses (one set of
     rules for the API and the CLI); a refusal names the options, not the payload's fields."""
@@ -419,9 +427,7 @@ def issue(
         start = emission_ms if emission_ms is not None else epoch_ms(datetime.now(UTC))
         expiring_ms = start + valid_days * 86_400_000
     if load_amount is not None:
-        minor = _checked_minor(load_amount, currency, "'--load'")
-        if minor > _store().balance_limit(currency):
-            raise click.BadParameter(f"above MAX_CARD_BALANCE ({settings.max_card_balance})", param_hint="'--load'")
+        minor = checked_load(load_amount, currency)
     rid = _request_id(request_id) if load_amount is not None else None
 
     store = _store()

@@ -23,12 +23,12 @@ from .bulk_issue import BatchIssuer, batches
 from .cli import (
     AMOUNT,
     CURRENCY,
-    _checked_minor,
     _emit,
     _settings,
     _store,
     cards,
     checked_card_terms,
+    checked_load,
     json_option,
     major,
 )
@@ -124,9 +124,7 @@ def issue_batch(
     currency = body["currencyCode"].upper()
     load_minor = 0
     if load_amount is not None:
-        load_minor = _checked_minor(load_amount, currency, "'--load'")
-        if load_minor > _store().balance_limit(currency):
-            raise click.BadParameter(f"above MAX_CARD_BALANCE ({settings.max_card_balance})", param_hint="'--load'")
+        load_minor = checked_load(load_amount, currency)
     spec = BatchSpec(
         count=count,
         currency=currency,

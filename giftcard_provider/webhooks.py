@@ -181,7 +181,7 @@ class Attempt:
     kind: str
     error: str
     seconds: float
-    retry_after: float | None = None
+    retry_after: int | None = None
 
 
 def _remaining(deadline: float) -> float:
@@ -329,7 +329,7 @@ class Sender:
         retry_after = None
         if status in (429, 503):
             value = response.getheader("Retry-After", "")
-            retry_after = float(value) if re.fullmatch(r"\d{1,7}", value.strip()) else None
+            retry_after = int(value) if re.fullmatch(r"\d{1,7}", value.strip()) else None
         snippet = text.decode("utf-8", "replace").strip().replace("\n", " ")[:_RESPONSE_KEPT]
         return Attempt(False, status, kind, f"HTTP {status}{': ' + snippet if snippet else ''}", elapsed, retry_after)
 
