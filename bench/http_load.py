@@ -3,14 +3,16 @@
     python -m bench.http_load [--workers 2,4] [--seconds 8] [--connections 32]
 
 For each WEB_CONCURRENCY value it starts, side by side on free loopback ports,
-gunicorn serving bench/baseline_app.py (Flask + one Redis PING) and gunicorn
-serving wsgi:app, both with the project's gunicorn.conf.py and the app's
-production environment, on a private redis-server seeded through LedgerStore.
-wrk (closed loop, N connections) then drives, in this order: baseline, Debit,
-GET card, search by code, settlement, Debit on one hot card (at N connections
-and at 4N), then baseline, Debit, GET card and the default transactions page
-(1,000 refs of one card) at 2 connections (service time without queueing: fewer
-connections than workers), and the baseline again.
+gunicorn serving bench/baseline_app.py (Flask + one Redis PING), gunicorn
+serving bench/floor_app.py (the same ledger calls and answers without the web
+stack's features) and gunicorn serving wsgi:app, all with the project's
+gunicorn.conf.py and the app's production environment, on a private
+redis-server seeded through LedgerStore. wrk (closed loop, N connections) then
+drives, in this order: baseline, Debit, GET card, search by code, settlement,
+Debit on one hot card (at N connections and at 4N), the floor's Debit, GET card,
+search by code and settlement, then baseline, Debit, GET card and the default
+transactions page (1,000 refs of one card) at 2 connections (service time
+without queueing: fewer connections than workers), and the baseline again.
 The baseline is the mean of its two runs at N connections; if they differ by
 more than 15% the machine was noisy and the script says so.
 
@@ -169,9 +171,10 @@ def measure(server, workers: int, scenarios: dict[str, list[Request]], args) -> 
     kw = {"connections": args.connections, "threads": args.threads, "seconds": args.seconds, "warmup": args.warmup}
     with (
         Gunicorn("bench.baseline_app:app", workers, server.url, "/ping", access_log, env) as base,
+        Gunicorn("bench.floor_app:create_app()", workers, server.url, "/health", access_log, env) as floor,
         Gunicorn("wsgi:app", workers, server.url, "/health", access_log, env) as app,
     ):
-        servers = Servers((base, app), server)
+        servers = Servers((base, floor, app), server)
         first = run_wrk(base.port, [Request("GET", "/ping")], label="baseline (PING)", servers=servers, **kw)
         results = []
         for label, reqs in scenarios.items():
@@ -187,6 +190,8 @@ def measure(server, workers: int, scenarios: dict[str, list[Request]], args) -> 
                 )
             else:
                 results.append(run_wrk(app.port, reqs, label=label, servers=servers, **kw))
+        for label in TARGETS:  # what the same work costs without the web stack's features
+            results.append(run_wrk(floor.port, scenarios[label], label=f"floor: {label}", servers=servers, **kw))
         # Service time without queueing: 2 connections, fewer than the workers, each served at once.
         light = {**kw, "connections": 2, "threads": 1}
         base_light = run_wrk(base.port, [Request("GET", "/ping")], label="baseline (2 conn)", servers=servers, **light)
@@ -226,6 +231,8 @@ def judge(workers: int, results: list[LoadResult], connections: int) -> list[str
         verdict = ""
         if label in TARGETS:
             verdict = f" (target >= {TARGETS[label]:.0%}: {'met' if ratio >= TARGETS[label] else 'MISSED'})"
+        if floor := by_label.get(f"floor: {label}"):
+            verdict += f"; the floor alone {floor.rps / base:.0%}, the provider {r.rps / floor.rps:.0%} of the floor"
         p99 = f"p99 {r.p99_ms:.1f} ms ({'<' if r.p99_ms < P99_TARGET_MS else 'NOT <'} {P99_TARGET_MS:g} ms)"
         lines.append(
             f"w={workers} {label}: {r.rps:,.0f} req/s = {ratio:.0%} of baseline {base:,.0f}{verdict}; "
@@ -245,7 +252,11 @@ def judge(workers: int, results: list[LoadResult], connections: int) -> list[str
     base_cpu = cpu["baseline, mean of both"]
     lines.append(
         f"w={workers} gunicorn CPU per request: baseline {base_cpu:.2f} ms, "
-        + ", ".join(f"{k} {cpu[k]:.2f} ms ({cpu[k] / base_cpu:.2f}x)" for k in TARGETS)
+        + ", ".join(
+            f"{k} {cpu[k]:.2f} ms ({cpu[k] / base_cpu:.2f}x"
+            + (f"; floor {cpu['floor: ' + k] / base_cpu:.2f}x)" if "floor: " + k in cpu else ")")
+            for k in TARGETS
+        )
         + f"; {PAGE} {cpu[PAGE + ' (2 conn)']:.2f} ms (target < {PAGE_TARGET_MS:g} ms)"
     )
     return lines

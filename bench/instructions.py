@@ -7,7 +7,8 @@ scheduling): bench.http_load's ratios moved by 20% between runs minutes apart. v
 counts the instructions a process executes, which is the same for the same code and inputs whatever
 else runs. This script starts gunicorn as the Procfile does (bench/gunicorn_conf.py, the production
 environment, one sync worker) under `valgrind --tool=callgrind --trace-children=yes`, once for
-bench/baseline_app.py (Flask + one Redis PING) and once for wsgi:app, on a private redis-server
+bench/baseline_app.py (Flask + one Redis PING), once for bench/floor_app.py (the same ledger calls
+and answers without the web stack's features) and once for wsgi:app, on a private redis-server
 seeded through LedgerStore. For each scenario it sends a few warm-up requests, zeroes the worker's
 counters (callgrind_control --zero), sends --requests requests over one keep-alive connection,
 dumps the counters (callgrind_control --dump) and divides: the worker's instructions per request,
@@ -38,6 +39,7 @@ from .http_load import requests_for
 
 BASELINE = "baseline (PING)"
 SCENARIOS = ("Debit", "GET card", "search by code", "settlement", "transactions page")
+FLOORED = ("Debit", "GET card", "search by code", "settlement")  # the routes bench/floor_app.py has
 
 
 def main() -> None:
@@ -64,15 +66,26 @@ def main() -> None:
             (busy,) = seed_cards(store, 1, debits_each=1000, debit="1")
             scenarios["transactions page"] = [Request("GET", f"/giftcards/{busy.id}/transactions")]
         counts = {}
+        floors = {}
         with Traced("bench.baseline_app:app", server.url, "/ping") as baseline:
             counts[BASELINE] = baseline.per_request([Request("GET", "/ping")], args.warmup, args.requests)
+        with Traced("bench.floor_app:create_app()", server.url, "/health") as floor:
+            for name in (n for n in wanted if n in FLOORED):
+                floors[name] = floor.per_request(scenarios[name], args.warmup, args.requests)
         with Traced("wsgi:app", server.url, "/health") as app:
             for name in wanted:
                 counts[name] = app.per_request(scenarios[name], args.warmup, args.requests)
     base = counts[BASELINE]
     say(f"## Instructions per request under gunicorn (1 sync worker, valgrind), {args.requests} requests each")
-    rows = [[name, f"{n:,.0f}", f"{n / base:.2f}x"] for name, n in counts.items()]
-    say(table(["scenario", "instructions/request", "vs baseline"], rows))
+    say("floor: bench/floor_app.py, the same ledger call and answer without the web stack's features")
+    rows = []
+    for name, n in counts.items():
+        floor = floors.get(name)
+        rows.append(
+            [name, f"{n:,.0f}", f"{n / base:.2f}x"]
+            + ([f"{floor:,.0f}", f"{floor / base:.2f}x", f"{n / floor:.2f}x"] if floor else ["", "", ""])
+        )
+    say(table(["scenario", "instructions/request", "vs baseline", "floor", "floor vs baseline", "vs floor"], rows))
 
 
 class Traced:
