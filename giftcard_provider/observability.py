@@ -138,16 +138,17 @@ _REPLY_OUTCOMES = {"replay": "replayed", "conflict": "conflict", "not_found": "n
 
 
 # The child of each metric and label values seen: labels() validates and locks on every call, and
-# these hooks run on every request. The label values are bounded (see OTHER), so is this.
+# these hooks (and the code-lookup throttle) run on every request. Callers pass bounded label values
+# (see OTHER), so this stays small.
 _children: dict[tuple, object] = {}
 
 
-def _child(metric, *labels):
+def child(metric, *labels):
     key = (metric, labels)
-    child = _children.get(key)
-    if child is None:
-        child = _children[key] = metric.labels(*labels)
-    return child
+    kept = _children.get(key)
+    if kept is None:
+        kept = _children[key] = metric.labels(*labels)
+    return kept
 
 
 def _hook_failed(hook: str) -> None:
@@ -173,18 +174,18 @@ def _count_ledger_reply(function: str, args: list, reply: list) -> None:
     status = _text(reply[0])
     if operation == "expiry":
         if status == "ok" and int(reply[1]):
-            _child(LEDGER_OUTCOMES, operation, "expired", "").inc(int(reply[1]))
+            child(LEDGER_OUTCOMES, operation, "expired", "").inc(int(reply[1]))
         return
     if status == "ok":
-        _child(LEDGER_OUTCOMES, operation, _DONE.get(operation, OTHER), "").inc()
+        child(LEDGER_OUTCOMES, operation, _DONE.get(operation, OTHER), "").inc()
     elif status == "conflict":
-        _child(LEDGER_OUTCOMES, operation, "conflict", _bounded(_text(reply[1]), _CONFLICT_FIELDS)).inc()
+        child(LEDGER_OUTCOMES, operation, "conflict", _bounded(_text(reply[1]), _CONFLICT_FIELDS)).inc()
     elif status in _REPLY_OUTCOMES:
-        _child(LEDGER_OUTCOMES, operation, _REPLY_OUTCOMES[status], "").inc()
+        child(LEDGER_OUTCOMES, operation, _REPLY_OUTCOMES[status], "").inc()
     elif status.startswith("invalid"):
-        _child(LEDGER_OUTCOMES, operation, "invalid", _bounded(status, _INVALID_REASONS)).inc()
+        child(LEDGER_OUTCOMES, operation, "invalid", _bounded(status, _INVALID_REASONS)).inc()
     else:
-        _child(LEDGER_OUTCOMES, operation, "refused", _bounded(status, _REFUSAL_REASONS)).inc()
+        child(LEDGER_OUTCOMES, operation, "refused", _bounded(status, _REFUSAL_REASONS)).inc()
 
 
 def redis_error(component: str, exc: BaseException) -> None:
@@ -338,7 +339,7 @@ def _start_request() -> None:
 
 
 def _http_metrics(method: str, route: str, status: int):
-    return _child(HTTP_REQUESTS, method, route, status), _child(HTTP_LATENCY, method, route, status)
+    return child(HTTP_REQUESTS, method, route, status), child(HTTP_LATENCY, method, route, status)
 
 
 def _finish_request(response: Response) -> Response:

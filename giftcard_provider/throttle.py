@@ -148,7 +148,7 @@ class CodeLookup:
         """The look-up was not made: log and count which limit is spent (subjects by keyed hash only)."""
         check = self.spent(counts)
         self.throttled = True
-        observability.CODE_LOOKUPS.labels("throttled").inc()
+        observability.child(observability.CODE_LOOKUPS, "throttled").inc()
         observability.CODE_LOOKUPS_THROTTLED.labels(check.scope).inc()
         g.code_lookup = "throttled"
         log.warning(
@@ -168,10 +168,10 @@ class CodeLookup:
         if self.throttled:
             return
         if found:
-            observability.CODE_LOOKUPS.labels("found").inc()
+            observability.child(observability.CODE_LOOKUPS, "found").inc()
             g.code_lookup = "found"
             return
-        observability.CODE_LOOKUPS.labels("not_found").inc()
+        observability.child(observability.CODE_LOOKUPS, "not_found").inc()
         g.code_lookup = "not_found"
         self.throttle.count_failure(self.checks, self.now)
 
