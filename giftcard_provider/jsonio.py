@@ -69,16 +69,20 @@ def _refuse_lone_surrogates(document) -> None:
             pending.extend(item)
 
 
+# One decoder for every body: json.loads with options builds a new decoder (and scanner) per call. A
+# decoder keeps no state between documents, and the json module shares its own default one likewise.
+_decoder = json.JSONDecoder(
+    parse_float=_parse_decimal,
+    parse_int=_parse_int,
+    parse_constant=_refuse_constant,
+    object_pairs_hook=_refuse_duplicates,
+)
+
+
 def loads(data: str | bytes):
     text = data.decode("utf-8-sig") if isinstance(data, bytes | bytearray) else data
     try:
-        document = json.loads(
-            text,
-            parse_float=_parse_decimal,
-            parse_int=_parse_int,
-            parse_constant=_refuse_constant,
-            object_pairs_hook=_refuse_duplicates,
-        )
+        document = _decoder.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     if "\\u" in text or text is data:  # from valid UTF-8, only a \u escape makes a lone surrogate
