@@ -1,7 +1,8 @@
 """Operator commands for webhooks: ``flask --app wsgi cards webhooks --help`` (docs/webhooks.md).
 
-add, list, remove, pause and resume endpoints; see failing deliveries (lanes retrying now, and dead
-letters); replay from a cursor or one event; and ``work``, the Procfile's worker process.
+add, list, remove, pause and resume endpoints; rotate an endpoint's secret; see failing deliveries
+(lanes retrying now, and dead letters); replay from a cursor or one event; and ``work``, the
+Procfile's worker process.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from schemas.common import iso_ms
 from .cli import DATE, OperatorGroup
 from .errors import InvalidRequest
 from .webhook_worker import Worker
-from .webhooks import EVENT_TYPES, Webhooks, parse_event_id
+from .webhooks import (
+    EVENT_TYPES,
+    MAX_ROTATION_OVERLAP_HOURS,
+    ROTATION_OVERLAP_HOURS,
+    Webhooks,
+    parse_event_id,
+)
 
 webhooks_group = OperatorGroup(
     "webhooks", help="Deliver the event log to HTTP endpoints, signed (Standard Webhooks): configure, inspect, replay."
@@ -101,6 +108,7 @@ def list_endpoints(as_json):
     hooks = _hooks()
     endpoints = hooks.endpoints()
     pending = hooks.pending(endpoints)
+    now_ms = hooks.store.now_ms()  # Redis's clock, as previous_until's
     views = []
     for e in endpoints:
         stats = hooks.stats(e.id)
@@ -109,6 +117,7 @@ def list_endpoints(as_json):
             "paused": e.paused, "pausedReason": e.paused_reason, "createdAt": iso_ms(e.created_ms),
             "pending": pending[e.id], "delivered": stats.delivered, "retryingLanes": len(hooks.retrying(e.id)),
             "deadLetters": hooks.dead_count(e.id),
+            "previousSecretSignsUntil": iso_ms(e.previous_until_ms) if e.previous_until_ms > now_ms else None,
         })  # fmt: skip
     if as_json:
         click.echo(json.dumps({"endpoints": views}, indent=2))
@@ -124,6 +133,8 @@ def list_endpoints(as_json):
         click.echo(f"  events {', '.join(v['types']) or 'all types'}; pending {v['pending']}, delivered "
                    f"{v['delivered']}, lanes retrying {v['retryingLanes']}, "
                    f"dead letters {v['deadLetters']}")  # fmt: skip
+        if v["previousSecretSignsUntil"]:
+            click.echo(f"  secret rotated: the previous one signs too until {v['previousSecretSignsUntil']}")
 
 
 @webhooks_group.command("remove")
@@ -149,6 +160,36 @@ def resume(endpoint_id):
     """Deliver again to a paused endpoint, from where it stopped."""
     changed = _hooks().set_paused(endpoint_id, False)
     click.echo(f"{endpoint_id} {'resumed' if changed else 'was not paused'}")
+
+
+@webhooks_group.command("rotate-secret")
+@click.argument("endpoint_id")
+@click.option("--overlap", type=int, default=ROTATION_OVERLAP_HOURS, show_default=True,
+              help=f"Hours the secret replaced keeps signing beside the new one (0 to {MAX_ROTATION_OVERLAP_HOURS}; "
+              "0: it stops now).")  # fmt: skip
+@json_option
+def rotate_secret(endpoint_id, overlap, as_json):
+    """Give an endpoint a new signing secret and print it: shown this once, never again.
+
+    Until the overlap ends every delivery carries two signatures, by the new secret and by the one it
+    replaces, so the receiver can move to the new secret whenever it likes within that time without
+    refusing a delivery. A rotation during another's overlap stops the oldest secret at once.
+    """
+    try:
+        endpoint, secret = _hooks().rotate_secret(endpoint_id, overlap)
+    except InvalidRequest as exc:
+        raise _usage(exc, "'--overlap'") from None
+    until = iso_ms(endpoint.previous_until_ms) if endpoint.previous_until_ms else None
+    if as_json:
+        click.echo(json.dumps({"id": endpoint.id, "secret": secret, "previousSignsUntil": until}, indent=2))
+        return
+    click.echo(f"new secret for {endpoint.id} ({endpoint.url})")
+    click.echo(f"  secret  {secret}")
+    click.echo("  (the secret is shown this once: give it to the receiver now; `list` never shows it)")
+    if until:
+        click.echo(f"  the previous secret signs too until {until}: each delivery carries both signatures")
+    else:
+        click.echo("  the previous secret signs nothing from now on")
 
 
 @webhooks_group.command("failures")

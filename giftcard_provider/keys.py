@@ -69,8 +69,9 @@ checks a lane's lease and moves its cursor atomically, also on a cluster::
     gc:webhooks                 set     the endpoint ids
     gc:webhooks:workers         zset    worker id -> when its heartbeat expires (epoch ms, Redis clock):
                                         the live workers, who share the lanes between them
-    gc:{w<id>}:endpoint         hash    url, secret, types, paused, paused_reason, description, created
-                                        (records.Endpoint); <id> is the endpoint id, "we_..."
+    gc:{w<id>}:endpoint         hash    url, secret, types, paused, paused_reason, description, created,
+                                        previous_secret, previous_until (records.Endpoint); <id> is the
+                                        endpoint id, "we_..."
     gc:{w<id>}:cursor           hash    bucket -> "<last stream id handled>|<its ordinal in the bucket's
                                         stream, or empty>": the endpoint's durable position
     gc:{w<id>}:leases           hash    bucket -> "<worker id>|<expires ms>": who delivers that lane

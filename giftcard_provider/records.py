@@ -592,7 +592,11 @@ class Endpoint:
     """A webhook endpoint as its hash stores it (keys.py: gc:{w<id>}:endpoint). `types` empty: every
     event type. The secret ("whsec_" + base64) signs every delivery: only what signs reads it (the
     worker, and `replay --event/--failed`); every other reader (list, pause, failures, /metrics) reads
-    PUBLIC_FIELDS only, and its Endpoint has secret ""."""
+    PUBLIC_FIELDS only, and its Endpoint has secret "" and previous_secret "".
+
+    After `rotate-secret`, the secret it replaced is `previous_secret` and signs too (a second
+    signature in the same header) until `previous_until_ms`, so that the receiver can move to the new
+    one without refusing a delivery. An endpoint never rotated has neither field (previous "", 0)."""
 
     id: str
     url: str
@@ -602,8 +606,11 @@ class Endpoint:
     paused_reason: str
     description: str
     created_ms: int
+    previous_secret: str = ""
+    previous_until_ms: int = 0
 
-    PUBLIC_FIELDS = ("url", "types", "paused", "paused_reason", "description", "created")
+    PUBLIC_FIELDS = ("url", "types", "paused", "paused_reason", "description", "created", "previous_until")
+    SECRET_FIELDS = ("secret", "previous_secret")
 
     @classmethod
     def from_values(cls, endpoint_id: str, names: tuple[str, ...], values: list[str | None]) -> Endpoint | None:
@@ -623,6 +630,8 @@ class Endpoint:
             paused_reason=fields.get("paused_reason", ""),
             description=fields.get("description", ""),
             created_ms=_int(fields, "created"),
+            previous_secret=fields.get("previous_secret", ""),
+            previous_until_ms=_int(fields, "previous_until"),
         )
 
     def to_hash(self) -> dict[str, str]:
@@ -634,6 +643,8 @@ class Endpoint:
             "paused_reason": self.paused_reason,
             "description": self.description,
             "created": str(self.created_ms),
+            "previous_secret": self.previous_secret,
+            "previous_until": str(self.previous_until_ms),
         }
 
     def wants(self, event_type: str) -> bool:

@@ -34,13 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import redis
-from standardwebhooks import Webhook
 
 from .errors import NotFound, ProviderError
 from .keys import BUCKETS, buckets
 from .ledger_calls import translated_errors
 from .records import DeadLetter, Endpoint, Event, LaneCursor, LaneRetry, LogBounds
-from .webhooks import LATENCY_BOUNDS, Attempt, Sender, Webhooks, body_of, predecessor, signed_headers
+from .webhooks import LATENCY_BOUNDS, Attempt, Sender, Signer, Webhooks, body_of, predecessor, signed_headers
 
 log = logging.getLogger("giftcard_provider.webhooks")
 
@@ -103,7 +102,7 @@ class Worker:
         self.offset = random.randrange(BUCKETS)  # where this worker starts taking free lanes
         self.endpoints: dict[str, Endpoint] = {}
         self.owned: dict[str, frozenset[str]] = {}
-        self._signers: dict[str, tuple[str, Webhook]] = {}
+        self._signers: dict[str, Signer] = {}
         self._busy: set[tuple[str, str]] = set()
         self._busy_lock = threading.Lock()
         self._renewed = -math.inf
@@ -251,12 +250,13 @@ class Worker:
             with self._busy_lock:
                 self._busy.discard((endpoint_id, bucket))
 
-    def signer(self, endpoint: Endpoint) -> Webhook:
+    def signer(self, endpoint: Endpoint) -> Signer:
+        """The endpoint's Signer, made again when its secrets change (a rotation: the worker reads the
+        endpoints every cycle)."""
         cached = self._signers.get(endpoint.id)
-        if cached is None or cached[0] != endpoint.secret:
-            cached = (endpoint.secret, Webhook(endpoint.secret))
-            self._signers[endpoint.id] = cached
-        return cached[1]
+        if cached is None or cached.key != (endpoint.secret, endpoint.previous_secret, endpoint.previous_until_ms):
+            cached = self._signers[endpoint.id] = Signer(endpoint)
+        return cached
 
 
 class Lane:

@@ -5,7 +5,8 @@ An operator configures endpoints (``flask cards webhooks add URL``); the worker 
 HTTP POST following the Standard Webhooks specification: headers ``webhook-id`` (the event's stable
 id, so a retry carries the same one), ``webhook-timestamp`` (the attempt's time, Unix seconds) and
 ``webhook-signature`` (``v1,<base64 HMAC-SHA256>`` of ``id.timestamp.body`` under the endpoint's
-``whsec_`` secret, made by the `standardwebhooks` package). The body is JSON with every amount as an
+``whsec_`` secret, made by the `standardwebhooks` package; after a rotation, a second signature by
+the secret it replaced, until its overlap ends). The body is JSON with every amount as an
 exact JSON number in major units (written from integers, never through a binary float) and again
 in integer minor units.
 
@@ -69,6 +70,10 @@ USER_AGENT = "giftcard-provider-webhooks/1"
 IDLE_REUSE = 1.0
 _RESPONSE_KEPT = 300  # characters of a failing answer's body kept as its error
 PAUSE_SCRIPT = (Path(__file__).parent / "lua" / "webhook_pause.lua").read_text()
+ROTATE_SCRIPT = (Path(__file__).parent / "lua" / "webhook_rotate.lua").read_text()
+# How long the secret a rotation replaces keeps signing beside the new one, by default and at most.
+ROTATION_OVERLAP_HOURS = 24
+MAX_ROTATION_OVERLAP_HOURS = 30 * 24
 
 
 def new_endpoint_id() -> str:
@@ -159,7 +164,25 @@ def body_of(event: Event) -> str:
     return simplejson.dumps(payload(event), use_decimal=True, separators=(",", ":"))
 
 
-def signed_headers(signer: Webhook, message_id: str, body: str) -> dict[str, str]:
+class Signer:
+    """An endpoint's signatures: by its secret, and after a rotation by the previous secret too until
+    its overlap ends. The specification puts several signatures in one header, space-separated, and a
+    receiver accepts the delivery if any of them is made with its secret."""
+
+    def __init__(self, endpoint: Endpoint):
+        self.key = (endpoint.secret, endpoint.previous_secret, endpoint.previous_until_ms)
+        self._current = Webhook(endpoint.secret)
+        self._previous = Webhook(endpoint.previous_secret) if endpoint.previous_secret else None
+        self._previous_until_ms = endpoint.previous_until_ms
+
+    def sign(self, message_id: str, moment: datetime, body: str) -> str:
+        signature = self._current.sign(message_id, moment, body)
+        if self._previous is not None and moment.timestamp() * 1000 < self._previous_until_ms:
+            signature += " " + self._previous.sign(message_id, moment, body)
+        return signature
+
+
+def signed_headers(signer: Signer, message_id: str, body: str) -> dict[str, str]:
     """The Standard Webhooks headers for one attempt (a retry signs again with its own timestamp)."""
     moment = datetime.fromtimestamp(int(time.time()), UTC)
     return {
@@ -441,7 +464,7 @@ class Webhooks:
 
     def endpoints(self, *, with_secret: bool = False) -> list[Endpoint]:
         """Every endpoint, oldest first; their secrets only `with_secret` (the worker signs), else ""."""
-        names = Endpoint.PUBLIC_FIELDS + (("secret",) if with_secret else ())
+        names = Endpoint.PUBLIC_FIELDS + (Endpoint.SECRET_FIELDS if with_secret else ())
         with self._errors():
             ids = sorted(self.redis.smembers(self.keys.webhook_endpoints()))
             pipe = self.redis.pipeline(transaction=False)
@@ -482,6 +505,26 @@ class Webhooks:
         if not done:
             raise NotFound(f"no webhook endpoint {endpoint_id}")
         return True
+
+    def rotate_secret(self, endpoint_id: str, overlap_hours: int = ROTATION_OVERLAP_HOURS) -> tuple[Endpoint, str]:
+        """Give the endpoint a new secret (returned here, and never shown again); the one it replaces
+        signs beside it for `overlap_hours` more (0: not at all). Returns (the endpoint, the new
+        secret); the endpoint's previous_until_ms says when the old secret stops signing."""
+        if not 0 <= overlap_hours <= MAX_ROTATION_OVERLAP_HOURS:
+            raise InvalidRequest(
+                f"the overlap must be 0 to {MAX_ROTATION_OVERLAP_HOURS} hours, not {overlap_hours}", field="overlap"
+            )
+        self.endpoint(endpoint_id)
+        secret = new_secret()
+        with self._errors():
+            # Redis's clock, as every time the ledger stores; the worker compares it with a delivery's
+            # webhook-timestamp, its own clock: they differ by the machines' skew, seconds at most.
+            until_ms = self.store.now_ms() + overlap_hours * 3_600_000 if overlap_hours else 0
+            script = self.redis.register_script(ROTATE_SCRIPT)
+            done = script(keys=[self._keys(endpoint_id)["endpoint"]], args=[secret, until_ms])
+        if not done:
+            raise NotFound(f"no webhook endpoint {endpoint_id}")
+        return self.endpoint(endpoint_id), secret
 
     # -- position, failures, replays --
 
@@ -562,13 +605,16 @@ class Webhooks:
 
     def deliver_now(self, endpoint: Endpoint, event: Event) -> Attempt:
         """One attempt, from this process (an operator's replay of a single event): no retry, the
-        worker's cursor untouched. The secret is read here, for this signature only."""
+        worker's cursor untouched. The secrets are read here, for this signature only."""
+        names = Endpoint.PUBLIC_FIELDS + Endpoint.SECRET_FIELDS
         with self._errors():
-            secret = self.redis.hget(self._keys(endpoint.id)["endpoint"], "secret")
-        if not secret:
+            signing = Endpoint.from_values(
+                endpoint.id, names, self.redis.hmget(self._keys(endpoint.id)["endpoint"], names)
+            )
+        if signing is None or not signing.secret:
             raise NotFound(f"no webhook endpoint {endpoint.id}")
         body = body_of(event)
-        headers = signed_headers(Webhook(secret), event.id, body)
+        headers = signed_headers(Signer(signing), event.id, body)
         sender = Sender(self.settings.webhook_timeout_seconds)
         try:
             return sender.post(endpoint.url, body, headers)

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,9 +30,9 @@ from giftcard_provider import create_app
 from giftcard_provider.errors import InvalidRequest, NotFound
 from giftcard_provider.keys import Keys, buckets
 from giftcard_provider.money import exponent_of
-from giftcard_provider.records import LaneCursor, LogBounds, stream_order
+from giftcard_provider.records import Endpoint, LaneCursor, LogBounds, stream_order
 from giftcard_provider.webhook_worker import Worker, backoff
-from giftcard_provider.webhooks import Sender, Webhooks, check_url
+from giftcard_provider.webhooks import Sender, Signer, Webhooks, check_url
 
 from .conftest import APP_KEY, APP_TOKEN, make_settings
 from .hub import Hub
@@ -544,6 +545,104 @@ def test_a_pause_racing_a_remove_recreates_nothing(app, receiver, monkeypatch):
         hooks.set_paused(endpoint_id, True, "the receiver answered 410 Gone")
     keys = Keys(store_of(app).keys.prefix).webhook(endpoint_id)
     assert not any(store_of(app).redis.exists(k) for k in keys.values())
+
+
+def signatures(headers: dict) -> list[str]:
+    return headers["webhook-signature"].split(" ")
+
+
+def test_a_rotated_secret_signs_beside_the_old_one_until_the_overlap_ends(app, receiver):
+    """A receiver moves to the new secret whenever it likes within the overlap, and no delivery is
+    refused meanwhile: every one verifies with either secret. After it, only the new one signs."""
+    endpoint = add_endpoint(app, receiver.url)
+    old = endpoint["secret"]
+    key = Keys(store_of(app).keys.prefix).webhook(endpoint["id"])["endpoint"]
+    store_of(app).redis.hdel(key, "previous_secret", "previous_until")  # as the previous release wrote it
+    result = cli(app, "rotate-secret", endpoint["id"], "--overlap", "2", "--json")
+    assert result.exit_code == 0, result.output
+    rotated = json.loads(result.output)
+    new = rotated["secret"]
+    assert new != old and new.startswith("whsec_") and rotated["previousSignsUntil"]
+    listed = cli(app, "list").output
+    assert f"secret rotated: the previous one signs too until {rotated['previousSignsUntil']}" in listed
+    assert old not in listed and new not in listed
+
+    hub = Hub(app.test_client(), HEADERS)
+    hub.funded_card(Decimal("5"))
+    events = log_events(app)
+    run_worker(app, lambda: pending(app, endpoint["id"]) == 0 and len(receiver.ids()) >= len(events))
+    for _, headers, body in receiver.requests:
+        assert len(signatures(headers)) == 2
+        Webhook(old).verify(body, headers)  # the receiver that has not switched yet
+        Webhook(new).verify(body, headers)  # and the one that has
+    check_deliveries(receiver, events, new)
+
+    # A second rotation, with no overlap: the first secret stops at once, and so does the second.
+    third = json.loads(cli(app, "rotate-secret", endpoint["id"], "--overlap", "0", "--json").output)
+    assert third["previousSignsUntil"] is None
+    signing = Webhooks(store_of(app)).endpoints(with_secret=True)
+    assert [(e.secret, e.previous_secret, e.previous_until_ms) for e in signing] == [(third["secret"], "", 0)]
+    assert "secret rotated" not in cli(app, "list").output
+    seen = len(receiver.requests)
+    hub.funded_card(Decimal("6"))
+    total = len(log_events(app))
+    run_worker(app, lambda: pending(app, endpoint["id"]) == 0 and len(receiver.ids()) >= total)
+    for _, headers, body in receiver.requests[seen:]:
+        assert len(signatures(headers)) == 1
+        Webhook(third["secret"]).verify(body, headers)
+        for retired in (old, new):
+            with pytest.raises(WebhookVerificationError):
+                Webhook(retired).verify(body, headers)
+
+
+def test_the_previous_secret_stops_signing_when_its_overlap_ends():
+    moment = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+    until_ms = int(moment.timestamp() * 1000) + 1000
+    current, previous = "whsec_" + "A" * 43 + "=", "whsec_" + "B" * 43 + "="
+    endpoint = Endpoint("we_0", "https://x.example/", current, (), False, "", "", 0, previous, until_ms)
+    signer = Signer(endpoint)
+    both = signer.sign("m1", moment, "{}").split(" ")
+    assert both == [Webhook(current).sign("m1", moment, "{}"), Webhook(previous).sign("m1", moment, "{}")]
+    assert signer.sign("m1", moment + timedelta(seconds=1), "{}") == Webhook(current).sign(
+        "m1", moment + timedelta(seconds=1), "{}"
+    )
+    never_rotated = Endpoint("we_0", "https://x.example/", current, (), False, "", "", 0)
+    assert Signer(never_rotated).sign("m1", moment, "{}") == Webhook(current).sign("m1", moment, "{}")
+
+
+def test_a_replayed_event_is_signed_like_the_workers_deliveries(app, receiver):
+    endpoint = add_endpoint(app, receiver.url, "--start", "beginning")
+    Hub(app.test_client(), HEADERS).funded_card(Decimal("5"))
+    event_id = log_events(app)[0].id
+    new = json.loads(cli(app, "rotate-secret", endpoint["id"], "--json").output)["secret"]
+    result = cli(app, "replay", endpoint["id"], "--event", event_id)
+    assert result.exit_code == 0, result.output
+    ((_, headers, body),) = receiver.requests
+    assert len(signatures(headers)) == 2
+    Webhook(endpoint["secret"]).verify(body, headers)
+    Webhook(new).verify(body, headers)
+
+
+def test_rotate_secret_refuses_bad_input_and_changes_nothing(app, receiver, monkeypatch):
+    endpoint = add_endpoint(app, receiver.url)
+    store = store_of(app)
+    key = Keys(store.keys.prefix).webhook(endpoint["id"])["endpoint"]
+    before = store.redis.hgetall(key)
+    for overlap in ("-1", "721", "1.5", "x"):
+        result = cli(app, "rotate-secret", endpoint["id"], "--overlap", overlap)
+        assert result.exit_code == 2 and "--overlap" in result.output, result.output
+    result = cli(app, "rotate-secret", "we_000000000000")
+    assert result.exit_code == 1 and "no webhook endpoint we_000000000000" in result.output
+    assert store.redis.hgetall(key) == before
+
+    # A rotation racing a remove recreates nothing (webhook_rotate.lua checks the URL is still there).
+    hooks = Webhooks(store)
+    read_before = hooks.endpoint(endpoint["id"])
+    hooks.remove(endpoint["id"])
+    monkeypatch.setattr(hooks, "endpoint", lambda _: read_before)
+    with pytest.raises(NotFound, match=f"no webhook endpoint {endpoint['id']}"):
+        hooks.rotate_secret(endpoint["id"])
+    assert not store.redis.exists(key)
 
 
 @pytest.mark.parametrize(
