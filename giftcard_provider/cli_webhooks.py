@@ -181,7 +181,7 @@ def rotate_secret(endpoint_id, overlap, as_json):
         raise _usage(exc, "'--overlap'") from None
     until = iso_ms(endpoint.previous_until_ms) if endpoint.previous_until_ms else None
     if as_json:
-        click.echo(json.dumps({"id": endpoint.id, "secret": secret, "previousSignsUntil": until}, indent=2))
+        click.echo(json.dumps({"id": endpoint.id, "secret": secret, "previousSecretSignsUntil": until}, indent=2))
         return
     click.echo(f"new secret for {endpoint.id} ({endpoint.url})")
     click.echo(f"  secret  {secret}")

@@ -138,8 +138,8 @@ _REPLY_OUTCOMES = {"replay": "replayed", "conflict": "conflict", "not_found": "n
 
 
 # The child of each metric and label values seen: labels() validates and locks on every call, and
-# these hooks (and the code-lookup throttle) run on every request. Callers pass bounded label values
-# (see OTHER), so this stays small.
+# these hooks run on every request (the code-lookup throttle on every search by code). Callers pass
+# bounded label values (see OTHER), so this stays small.
 _children: dict[tuple, object] = {}
 
 

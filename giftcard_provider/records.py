@@ -596,7 +596,8 @@ class Endpoint:
 
     After `rotate-secret`, the secret it replaced is `previous_secret` and signs too (a second
     signature in the same header) until `previous_until_ms`, so that the receiver can move to the new
-    one without refusing a delivery. An endpoint never rotated has neither field (previous "", 0)."""
+    one without refusing a delivery. Never rotated: previous "" and 0 (`add` writes them so; an
+    endpoint added by an earlier release has no such fields, which reads the same)."""
 
     id: str
     url: str

@@ -149,7 +149,7 @@ class CodeLookup:
         check = self.spent(counts)
         self.throttled = True
         observability.child(observability.CODE_LOOKUPS, "throttled").inc()
-        observability.CODE_LOOKUPS_THROTTLED.labels(check.scope).inc()
+        observability.child(observability.CODE_LOOKUPS_THROTTLED, check.scope).inc()
         g.code_lookup = "throttled"
         log.warning(
             "code look-up throttled",

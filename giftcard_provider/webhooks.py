@@ -517,12 +517,9 @@ class Webhooks:
         self.endpoint(endpoint_id)
         secret = new_secret()
         with self._errors():
-            # Redis's clock, as every time the ledger stores; the worker compares it with a delivery's
-            # webhook-timestamp, its own clock: they differ by the machines' skew, seconds at most.
-            until_ms = self.store.now_ms() + overlap_hours * 3_600_000 if overlap_hours else 0
             script = self.redis.register_script(ROTATE_SCRIPT)
-            done = script(keys=[self._keys(endpoint_id)["endpoint"]], args=[secret, until_ms])
-        if not done:
+            until_ms = script(keys=[self._keys(endpoint_id)["endpoint"]], args=[secret, overlap_hours * 3_600_000])
+        if until_ms < 0:
             raise NotFound(f"no webhook endpoint {endpoint_id}")
         return self.endpoint(endpoint_id), secret
 

@@ -61,7 +61,15 @@ def test_the_floor_answers_what_the_provider_answers(pair):
     assert hub.get(settle).get_json() == [by_floor_settle]
 
     other = hub.funded_card(5)
-    search = {"client": {"email": "shopper@example.com"}, "cart": {"redemptionCode": other["redemptionCode"]}}
-    by_floor_search = floor.post("/giftcards/_search", data=json.dumps(search)).get_json()
-    assert by_floor_search == hub.post("/giftcards/_search", search).get_json()
-    assert [c["id"] for c in by_floor_search] == [other["id"]]
+    for code, email, found in (
+        (other["redemptionCode"], "someone@example.com", [other["id"]]),
+        (card["redemptionCode"], "someone@example.com", []),  # restricted to its owner
+        (card["redemptionCode"], "shopper@example.com", [card["id"]]),
+    ):
+        search = {"client": {"email": email}, "cart": {"redemptionCode": code}}
+        headers = {"REST-Range": "resources=0-9"}
+        by_floor_search = floor.post("/giftcards/_search", data=json.dumps(search), headers=headers)
+        by_provider_search = hub.post("/giftcards/_search", search, headers=headers)
+        assert by_floor_search.get_json() == by_provider_search.get_json()
+        assert [c["id"] for c in by_floor_search.get_json()] == found
+        assert by_floor_search.headers["REST-Content-Range"] == by_provider_search.headers["REST-Content-Range"]

@@ -9,6 +9,7 @@ the point. Redis is a real server; the delivery path runs once on the 3-primary 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -562,9 +563,9 @@ def test_a_rotated_secret_signs_beside_the_old_one_until_the_overlap_ends(app, r
     assert result.exit_code == 0, result.output
     rotated = json.loads(result.output)
     new = rotated["secret"]
-    assert new != old and new.startswith("whsec_") and rotated["previousSignsUntil"]
+    assert new != old and new.startswith("whsec_") and rotated["previousSecretSignsUntil"]
     listed = cli(app, "list").output
-    assert f"secret rotated: the previous one signs too until {rotated['previousSignsUntil']}" in listed
+    assert f"secret rotated: the previous one signs too until {rotated['previousSecretSignsUntil']}" in listed
     assert old not in listed and new not in listed
 
     hub = Hub(app.test_client(), HEADERS)
@@ -579,7 +580,7 @@ def test_a_rotated_secret_signs_beside_the_old_one_until_the_overlap_ends(app, r
 
     # A second rotation, with no overlap: the first secret stops at once, and so does the second.
     third = json.loads(cli(app, "rotate-secret", endpoint["id"], "--overlap", "0", "--json").output)
-    assert third["previousSignsUntil"] is None
+    assert third["previousSecretSignsUntil"] is None
     signing = Webhooks(store_of(app)).endpoints(with_secret=True)
     assert [(e.secret, e.previous_secret, e.previous_until_ms) for e in signing] == [(third["secret"], "", 0)]
     assert "secret rotated" not in cli(app, "list").output
@@ -608,6 +609,20 @@ def test_the_previous_secret_stops_signing_when_its_overlap_ends():
     )
     never_rotated = Endpoint("we_0", "https://x.example/", current, (), False, "", "", 0)
     assert Signer(never_rotated).sign("m1", moment, "{}") == Webhook(current).sign("m1", moment, "{}")
+
+
+def test_a_running_worker_signs_with_the_secrets_it_read_last(app):
+    """The worker reads the endpoints every cycle: a rotation changes its Signer at the next one."""
+    worker = Worker(store_of(app))
+    first, second = "whsec_" + "A" * 43 + "=", "whsec_" + "B" * 43 + "="
+    before = Endpoint("we_0", "https://x.example/", first, (), False, "", "", 0)
+    after = dataclasses.replace(before, secret=second, previous_secret=first, previous_until_ms=2**62)
+    signer = worker.signer(before)
+    assert worker.signer(before) is signer  # made once per secret, not per delivery
+    moment = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+    assert worker.signer(after).sign("m1", moment, "{}") == " ".join(
+        Webhook(s).sign("m1", moment, "{}") for s in (second, first)
+    )
 
 
 def test_a_replayed_event_is_signed_like_the_workers_deliveries(app, receiver):
