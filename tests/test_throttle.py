@@ -362,10 +362,11 @@ def test_a_flood_of_new_identities_cannot_grow_the_limiter_past_its_cap(small_re
 
 
 def test_a_full_window_costs_the_bytes_the_docs_state(small_redis):
-    """docs/security.md, "Throttling of redemption-code guessing": at most about 105 bytes of used_memory per tracked
-    subject (77 by MEMORY USAGE, plus the hash table's buckets, doubled while it rehashes), so a window
-    hash at the default cap of 10,000 subjects costs at most ~1 MB, and a limit (two live windows) ~2 MB
-    of the 25 MB plan."""
+    """docs/security.md, "Throttling of redemption-code guessing": at most about 110 bytes of used_memory per tracked
+    subject (77 by MEMORY USAGE, plus the hash table's buckets, doubled while it rehashes; 108 measured
+    on a fresh server, 85 on one that held the module's other tests' data), so a window hash at the
+    default cap of 10,000 subjects costs at most ~1.1 MB, and a limit (two live windows) ~2.2 MB of the
+    25 MB plan."""
     small_redis.flushall()
     settings = make_settings()
     lookups = create_app(settings, redis_client=small_redis).extensions["giftcard_provider"]["throttle"]
@@ -378,8 +379,8 @@ def test_a_full_window_costs_the_bytes_the_docs_state(small_redis):
     assert small_redis.hlen(key) == settings.code_lookup_max_tracked
     assert small_redis.memory_usage(key, samples=0) / settings.code_lookup_max_tracked <= 80
     grown = small_redis.info("memory")["used_memory"] - used
-    assert grown / settings.code_lookup_max_tracked <= 105
-    assert 2 * grown <= 2.1e6
+    assert grown / settings.code_lookup_max_tracked <= 110
+    assert 2 * grown <= 2.2e6
 
 
 def test_a_code_search_stays_two_round_trips_and_a_failure_pays_one_more(real_redis):
