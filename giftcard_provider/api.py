@@ -24,8 +24,6 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, abort
 from werkzeug.exceptions import ClientDisconnected, HTTPException, InternalServerError, RequestEntityTooLarge
 
-from schemas.common import EpochMs, MoneyField
-
 from . import jsonio
 from .errors import ProviderError
 
@@ -122,6 +120,11 @@ class Api(flask_smorest.Api):
 
     def __init__(self, app=None, **kwargs):
         super().__init__(None, **kwargs)
+        # Imported here, as create_app imports the blueprints: schemas/ imports giftcard_provider.money,
+        # whose package imports this module, so a module-level import would be circular whenever
+        # schemas/ is imported first.
+        from schemas.common import EpochMs, MoneyField
+
         # Our own fields, documented with the types the protocol gives them.
         self.register_field(MoneyField, "number", None)
         self.register_field(EpochMs, "string", "date-time")
