@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark with modest defaults (about 7-8 minutes on 2 cores), then a summary.
+# Every benchmark with modest defaults (about 10-11 minutes on 2 cores), then a summary.
 # Flags pass through to bench/run_all.py (see --help), e.g. bench/run_all.sh --cards 1000000 --seconds 15
 # Uses $PYTHON if set, else the project's .venv (scripts/_venv.sh).
 set -euo pipefail
