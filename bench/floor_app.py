@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
     from giftcard_provider.blueprints import answer, content_range, requested_range
     from giftcard_provider.blueprints.giftcards import card_body, search_result
     from giftcard_provider.blueprints.operations import operation_body
-    from giftcard_provider.blueprints.transactions import transaction_ref
+    from giftcard_provider.blueprints.transactions import authorization, transaction_ref
 
     def body() -> dict:
         return app.json.loads(request.get_data())
@@ -64,18 +64,8 @@ def create_app(settings: Settings | None = None, redis_client: redis.Redis | Non
     @app.post("/giftcards/<card_id>/transactions")
     def authorize(card_id):
         b = body()
-        order = b.get("orderInfo") or {}
-        profile = order.get("clientProfile") or {}
-        _, tx_id, _ = store.authorize(
-            card_id,
-            operation=b["operation"],
-            amount=Amount.from_decimal(b["value"]),
-            request_id=b["requestId"],
-            token=b.get("redemptionToken") or "",
-            identities=identities(profile.get("email"), profile.get("document")),
-            order_id=order.get("orderId") or "",
-            description=b.get("description") or "",
-        )
+        b["value"] = Amount.from_decimal(b["value"])  # what the provider's MoneyField loads
+        _, tx_id, _ = store.authorize(card_id, **authorization(b))
         return answer(transaction_ref(card_id, tx_id))
 
     @app.get("/giftcards/<card_id>")

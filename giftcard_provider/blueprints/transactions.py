@@ -26,6 +26,22 @@ def transaction_ref(card_id: str, tx_id: str) -> dict:
     return {"cardId": card_id, "id": tx_id, "_self": {"href": links().transaction(card_id, tx_id)}}
 
 
+def authorization(body: dict) -> dict:
+    """LedgerStore.authorize's arguments from a loaded Transaction request body (bench/floor_app.py
+    makes the same call from the same mapping)."""
+    order = body.get("orderInfo") or {}
+    profile = order.get("clientProfile") or {}
+    return {
+        "operation": body["operation"],
+        "amount": body["value"],
+        "request_id": body["requestId"],
+        "token": body.get("redemptionToken") or "",
+        "identities": identities(profile.get("email"), profile.get("document")),
+        "order_id": order.get("orderId") or "",
+        "description": body.get("description") or "",
+    }
+
+
 def refs_json(card_id: str, tx_ids: list[str]) -> str:
     """The JSON of a page of transaction_ref()s, written directly: the default page holds 1,000, and
     building 2,000 dicts for the generic encoder to walk was most of its CPU (issue 12). The text is
@@ -51,18 +67,7 @@ class Transactions(MethodView):
         Idempotent by requestId: a repeat returns the original transaction; the
         same requestId with another operation or value is a 409.
         """
-        order = body.get("orderInfo") or {}
-        profile = order.get("clientProfile") or {}
-        _, tx_id, _ = ledger().authorize(
-            giftCardId,
-            operation=body["operation"],
-            amount=body["value"],
-            request_id=body["requestId"],
-            token=body.get("redemptionToken") or "",
-            identities=identities(profile.get("email"), profile.get("document")),
-            order_id=order.get("orderId") or "",
-            description=body.get("description") or "",
-        )
+        _, tx_id, _ = ledger().authorize(giftCardId, **authorization(body))
         return answer(transaction_ref(giftCardId, tx_id))
 
     @blp.response(200, TransactionRefSchema(many=True))
